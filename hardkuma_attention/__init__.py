@@ -1,0 +1,36 @@
+"""HardKuma attention: sparse, differentiable binary-ish weights for PyTorch.
+
+Bastings, Aziz & Titov (ACL 2019), "Interpretable Neural Predictions with Differentiable Binary
+Variables".  This package never imports fairseq; see ``fairseq_plugins`` for that.
+"""
+from .attention import HardKumaAttention
+from .constraints import LagrangianConstraint
+from .distributions import DEFAULT_SUPPORT, HardKuma, HardKumaraswamy, Kumaraswamy
+from .functional import (
+    expected_l0,
+    expected_transitions,
+    hardkuma_attention_weights,
+    hardkuma_weights_from_scores,
+    masked_mean,
+    nonzero_rate,
+)
+from .stats import AttentionStats, collect_attention_stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionStats",
+    "DEFAULT_SUPPORT",
+    "HardKuma",
+    "HardKumaAttention",
+    "HardKumaraswamy",
+    "Kumaraswamy",
+    "LagrangianConstraint",
+    "collect_attention_stats",
+    "expected_l0",
+    "expected_transitions",
+    "hardkuma_attention_weights",
+    "hardkuma_weights_from_scores",
+    "masked_mean",
+    "nonzero_rate",
+]

@@ -1,0 +1,306 @@
+r"""``HardKumaAttention``: a drop-in for ``torch.nn.MultiheadAttention`` with HardKuma gates.
+
+Each (query, key) cell of each head gets a gate ``z ~ HardKuma(a, b)`` instead of a softmax
+probability.  ``a`` and ``b`` come from two bilinear score maps::
+
+    a = clamp(softplus(score_a), *ab_clamp)     b = clamp(softplus(score_b), *ab_clamp)
+
+``a`` large pushes the gate towards 1, ``b`` large towards 0.  Two parameterisations:
+
+- ``"split"`` (default): each head's query/key dimensions are split in two halves; the first half
+  gives ``score_a``, the second ``score_b`` (scaled by ``1/sqrt(head_dim/2)``).  Same parameters
+  and projection cost as ``nn.MultiheadAttention``.
+- ``"separate"``: a second pair of query/key projections gives ``score_b`` (the paper's two
+  separate score functions); 5 projections instead of 3.
+
+Masks follow ``nn.MultiheadAttention``: boolean masks mark *disallowed* cells with True; float
+masks are additive, and a value of ``-inf`` (or anything ``<= -1e4``, the usual stand-ins such as
+``-1e9`` or ``finfo.min``) disallows the cell, while other values are added to ``score_a``.
+Disallowed cells get a gate of exactly 0 and are excluded from the L0 statistics; a query whose
+keys are all disallowed gets all-zero weights (and a zero attention output before ``out_proj``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributions import DEFAULT_SUPPORT
+from .functional import NORMALIZE_MODES, hardkuma_weights_from_scores
+from .fused import expected_l0_sum
+from .stats import AttentionStats, report_stats, stats_requested
+
+__all__ = ["HardKumaAttention", "MASKED_SCORE"]
+
+MASKED_SCORE = -1e4  # additive mask values at or below this disallow a cell
+PARAMETERIZATIONS = ("split", "separate")
+
+
+class HardKumaAttention(nn.Module):
+    """Multi-head attention whose weights are HardKuma gates (exact zeros and ones).
+
+    Args (as ``nn.MultiheadAttention``): ``embed_dim``, ``num_heads``, ``dropout`` (on the
+    weights, training only), ``bias``, ``kdim``, ``vdim``, ``batch_first``, ``device``, ``dtype``.
+    ``add_bias_kv`` and ``add_zero_attn`` are not supported.
+
+    Extra args:
+        normalize: "sum" (default: gates divided by their row sum, so outputs have the scale of
+            softmax attention), "none" (raw gates, as in the paper) or "softmax"
+            (gate × softmax(score_a), renormalised).
+        support: HardKuma stretch interval ``(l, r)``.
+        ab_clamp: bounds of ``a`` and ``b``.
+        parameterization: "split" or "separate" (see the module docstring).
+        stats_key: label put on the :class:`AttentionStats` this module produces.
+
+    ``forward`` mirrors ``nn.MultiheadAttention.forward`` and returns ``(attn_output,
+    attn_weights)``; with ``return_stats=True`` a third element, the :class:`AttentionStats` of
+    the call (differentiable expected L0 for a constraint), is returned.  The stats are also handed
+    to any active :func:`collect_attention_stats` context.
+
+    Eval mode uses the deterministic gate :meth:`HardKumaraswamy.deterministic`.
+    """
+
+    # Attributes nn.Transformer*Layer inspect.  ``_qkv_same_embed_dim`` is always False so that
+    # PyTorch's fused inference fast path (which would bypass this module) is never taken.
+    _qkv_same_embed_dim = False
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        normalize: str = "sum",
+        support: Tuple[float, float] = DEFAULT_SUPPORT,
+        ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+        parameterization: str = "split",
+        stats_key: Optional[str] = None,
+    ):
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim} and {num_heads}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if add_bias_kv or add_zero_attn:
+            raise NotImplementedError("HardKumaAttention does not support add_bias_kv / add_zero_attn")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        head_dim = embed_dim // num_heads
+        if parameterization == "split" and head_dim % 2:
+            raise ValueError(f'parameterization="split" needs an even head dim, got {head_dim}')
+        if not (0 < ab_clamp[0] < ab_clamp[1]):
+            raise ValueError(f"ab_clamp must satisfy 0 < min < max, got {ab_clamp}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        fk = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = float(dropout)
+        self.batch_first = batch_first
+        self.normalize = normalize
+        self.support = (float(support[0]), float(support[1]))
+        self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
+        self.parameterization = parameterization
+        self.stats_key = stats_key
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
+        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
+        if parameterization == "separate":
+            self.q_proj_b = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+            self.k_proj_b = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        self.register_parameter("in_proj_weight", None)
+        self.register_parameter("in_proj_bias", None)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        for lin in self._score_projections() + [self.v_proj]:
+            nn.init.xavier_uniform_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        if self.out_proj.bias is not None:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _score_projections(self):
+        projs = [self.q_proj, self.k_proj]
+        if self.parameterization == "separate":
+            projs += [self.q_proj_b, self.k_proj_b]
+        return projs
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, normalize={self.normalize!r}, "
+            f"parameterization={self.parameterization!r}, support={self.support}, "
+            f"ab_clamp={self.ab_clamp}, dropout={self.dropout}, batch_first={self.batch_first}"
+        )
+
+    @classmethod
+    def from_softmax(cls, mha: nn.MultiheadAttention, **kwargs) -> "HardKumaAttention":
+        """Build a HardKumaAttention with the projections of a trained ``nn.MultiheadAttention``.
+
+        With ``parameterization="split"`` each head's query/key halves become the a- and b-scores;
+        fine-tuning is expected.
+        """
+        w = mha.in_proj_weight
+        new = cls(
+            mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
+            kdim=mha.kdim, vdim=mha.vdim, batch_first=mha.batch_first,
+            device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype, **kwargs,
+        )
+        with torch.no_grad():
+            if w is not None:
+                ws = w.chunk(3, 0)
+            else:
+                ws = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+            bs = mha.in_proj_bias.chunk(3, 0) if mha.in_proj_bias is not None else (None,) * 3
+            for lin, wi, bi in zip((new.q_proj, new.k_proj, new.v_proj), ws, bs):
+                lin.weight.copy_(wi)
+                if bi is not None:
+                    lin.bias.copy_(bi)
+            new.out_proj.load_state_dict(mha.out_proj.state_dict())
+        return new
+
+    # ------------------------------------------------------------------ masks
+    def _masks(self, attn_mask, key_padding_mask, is_causal, B, T, S, dtype, device):
+        """Merge masks into ``valid`` (bool, True = allowed, broadcastable to (B, H, T, S)) and an
+        additive ``bias`` for score_a (or None)."""
+        valid = None
+        bias = None
+
+        def split(mask, name):
+            if mask.dtype == torch.bool:
+                return ~mask, None
+            if not mask.is_floating_point():
+                raise TypeError(f"{name} must be bool or floating point, got {mask.dtype}")
+            ok = mask > MASKED_SCORE
+            return ok, torch.where(ok, mask, torch.zeros_like(mask)).to(dtype)
+
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=device).triu(1)
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                if attn_mask.shape != (T, S):
+                    raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)}, expected {(T, S)}")
+                attn_mask = attn_mask.view(1, 1, T, S)
+            elif attn_mask.dim() == 3:
+                if attn_mask.shape != (B * self.num_heads, T, S):
+                    raise ValueError(
+                        f"attn_mask of shape {tuple(attn_mask.shape)}, expected {(B * self.num_heads, T, S)}"
+                    )
+                attn_mask = attn_mask.view(B, self.num_heads, T, S)
+            else:
+                raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
+            valid, bias = split(attn_mask, "attn_mask")
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (B, S):
+                raise ValueError(
+                    f"key_padding_mask of shape {tuple(key_padding_mask.shape)}, expected {(B, S)}"
+                )
+            kp_valid, kp_bias = split(key_padding_mask.view(B, 1, 1, S), "key_padding_mask")
+            valid = kp_valid if valid is None else valid & kp_valid
+            if kp_bias is not None:
+                bias = kp_bias if bias is None else bias + kp_bias
+        return valid, bias
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+        return_stats: bool = False,
+    ):
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif query.dim() != 3:
+            raise ValueError(f"query must be 2-D or 3-D, got {query.dim()}-D")
+        if self.batch_first and not unbatched:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        # now (T, B, E) / (S, B, kdim) / (S, B, vdim)
+        T, B, _ = query.shape
+        S = key.shape[0]
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in (S, B)")
+        H, d = self.num_heads, self.head_dim
+
+        def heads(x, n):  # (n, B, E) -> (B, H, n, d)
+            return x.reshape(n, B, H, -1).permute(1, 2, 0, 3)
+
+        q = heads(self.q_proj(query), T)
+        k = heads(self.k_proj(key), S)
+        v = heads(self.v_proj(value), S)
+        if self.parameterization == "split":
+            half = d // 2
+            scale = 1.0 / math.sqrt(half)
+            score_a = torch.matmul(q[..., :half] * scale, k[..., :half].transpose(-1, -2))
+            score_b = torch.matmul(q[..., half:] * scale, k[..., half:].transpose(-1, -2))
+        else:
+            scale = 1.0 / math.sqrt(d)
+            qb = heads(self.q_proj_b(query), T)
+            kb = heads(self.k_proj_b(key), S)
+            score_a = torch.matmul(q * scale, k.transpose(-1, -2))
+            score_b = torch.matmul(qb * scale, kb.transpose(-1, -2))
+        # score_a, score_b: (B, H, T, S)
+        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, score_a.dtype, query.device)
+        if bias is not None:
+            score_a = score_a + bias
+        weights = hardkuma_weights_from_scores(
+            score_a, score_b, valid, training=self.training, normalize=self.normalize,
+            support=self.support, ab_clamp=self.ab_clamp,
+        )  # (B, H, T, S)
+
+        stats = None
+        if return_stats or stats_requested():
+            stats = self._stats(score_a, score_b, valid, weights, (B, H, T, S))
+            report_stats(stats)
+
+        attn = F.dropout(weights, self.dropout) if (self.training and self.dropout > 0) else weights
+        out = torch.matmul(attn, v)  # (B, H, T, dv)
+        out = out.permute(2, 0, 1, 3).reshape(T, B, self.embed_dim)
+        out = self.out_proj(out)
+        if self.batch_first and not unbatched:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(1)
+
+        w_out = None
+        if need_weights:
+            w_out = weights.mean(1) if average_attn_weights else weights
+            if unbatched:
+                w_out = w_out.squeeze(0)
+        if return_stats:
+            return out, w_out, stats
+        return out, w_out
+
+    def _stats(self, score_a, score_b, valid, weights, shape) -> AttentionStats:
+        l0 = expected_l0_sum(score_a, score_b, valid, self.support, self.ab_clamp)
+        nz = weights.detach() != 0
+        if valid is None:
+            cells = torch.tensor(float(math.prod(shape)), device=weights.device)
+        else:
+            cells = valid.expand(shape).sum().to(torch.float32)
+        return AttentionStats(l0.float(), cells, nz.sum().to(torch.float32), self.stats_key)

@@ -1,0 +1,110 @@
+r"""Lagrangian (GECO-style) controller that drives a measured quantity to a target.
+
+Rezende & Viola (2018) "Taming VAEs" / Bastings et al. (2019), Section 4.  For a constraint
+``measured <= target`` the per-batch constraint value is ``c = measured - target``; then::
+
+    m      <- alpha * m + (1 - alpha) * c             (moving average, no gradient)
+    c_hat   = c + stopgrad(m - c)                      (value of m, gradient of c)
+    lambda <- clamp(lambda * exp(eta * m), lambda_min, lambda_max)
+    penalty = stopgrad(lambda) * c_hat                 (added to the loss)
+
+``lambda`` grows while the moving average is above the target and shrinks below it, so the
+loss pushes the measured value down only as hard as needed.  Defaults are the paper's SST setting:
+``alpha = 0.99``, ``eta = 0.01``, ``lambda_init = 1e-4``; ``m`` starts at 0 as in the paper's code.
+
+With ``equality=True`` the same update drives ``measured`` towards the target from both sides:
+``lambda`` may turn negative (clamped to ``[-lambda_max, lambda_max]``) and is updated additively
+(``lambda <- lambda + eta * m``) since a multiplicative update cannot change sign.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["LagrangianConstraint"]
+
+
+class LagrangianConstraint(nn.Module):
+    """Moving-average Lagrange multiplier for one scalar constraint ``measured <= target``.
+
+    State (``lagrange_multiplier``, ``moving_average``, ``num_updates``) lives in float32 buffers
+    that stay float32 through ``.half()`` / ``.to(torch.bfloat16)``, are saved in ``state_dict`` and
+    change only in training mode (``module.train()``); in eval mode :meth:`forward` returns the
+    penalty at the current multiplier and leaves the state untouched.
+
+    Args:
+        target: the constraint level, e.g. 0.1 for "at most 10 % of gates non-zero".
+        alpha: moving-average decay.
+        lr: ``eta``, the step size of the multiplier update.
+        lambda_init, lambda_min, lambda_max: initial value and bounds of the multiplier.
+        equality: treat the constraint as ``measured == target`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        target: float,
+        alpha: float = 0.99,
+        lr: float = 0.01,
+        lambda_init: float = 1e-4,
+        lambda_min: float = 1e-12,
+        lambda_max: float = 5.0,
+        equality: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got alpha={alpha}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got lr={lr}")
+        if not (0 < lambda_min <= lambda_init <= lambda_max) and not equality:
+            raise ValueError(
+                "need 0 < lambda_min <= lambda_init <= lambda_max, got "
+                f"lambda_min={lambda_min}, lambda_init={lambda_init}, lambda_max={lambda_max}"
+            )
+        self.target = float(target)
+        self.alpha = float(alpha)
+        self.lr = float(lr)
+        self.lambda_min = float(lambda_min)
+        self.lambda_max = float(lambda_max)
+        self.equality = bool(equality)
+        self.register_buffer("lagrange_multiplier", torch.tensor(float(lambda_init), dtype=torch.float32))
+        self.register_buffer("moving_average", torch.tensor(0.0, dtype=torch.float32))
+        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"target={self.target}, alpha={self.alpha}, lr={self.lr}, "
+            f"lambda=[{self.lambda_min}, {self.lambda_max}], equality={self.equality}"
+        )
+
+    def _apply(self, fn, recurse=True):
+        # Keep the controller state in float32 whatever dtype the model is cast to.
+        super()._apply(fn, recurse)
+        for name in ("lagrange_multiplier", "moving_average"):
+            buf = getattr(self, name)
+            if buf.dtype != torch.float32:
+                setattr(self, name, buf.float())
+        return self
+
+    @property
+    def multiplier(self) -> float:
+        return float(self.lagrange_multiplier)
+
+    def forward(self, measured: torch.Tensor) -> torch.Tensor:
+        """Return the penalty ``stopgrad(lambda) * c_hat`` for a scalar ``measured`` (float32)."""
+        if measured.dim() != 0:
+            raise ValueError(f"measured must be a scalar tensor, got shape {tuple(measured.shape)}")
+        c = measured.float() - self.target
+        if self.training:
+            with torch.no_grad():
+                m = self.alpha * self.moving_average + (1 - self.alpha) * c.detach()
+                self.moving_average.copy_(m)
+                if self.equality:
+                    lam = (self.lagrange_multiplier + self.lr * m).clamp(-self.lambda_max, self.lambda_max)
+                else:
+                    lam = (self.lagrange_multiplier * torch.exp(self.lr * m)).clamp(
+                        self.lambda_min, self.lambda_max
+                    )
+                self.lagrange_multiplier.copy_(lam)
+                self.num_updates.add_(1)
+        c_hat = c + (self.moving_average - c).detach()
+        return self.lagrange_multiplier.detach() * c_hat

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+EXTRAS = {
+    "test": ["pytest>=7", "hypothesis>=6", "scipy>=1.10"],
+    "plot": ["matplotlib>=3.7"],
+    "bench": ["entmax==1.3"],
+    # Installing this extra needs `pip install --no-build-isolation` (it compiles extensions against
+    # the installed torch); see README "Install".  The import name stays `fairseq`.
+    "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece>=0.1.99", "sacremoses>=0.1"],
+    "rationale": ["tqdm>=4.60", "matplotlib>=3.7"],
+    "explain": ["tqdm>=4.60", "matplotlib>=3.7", "scikit-learn>=1.3"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="hardkuma-attention",
+    version="0.1.0",
+    description="HardKuma (rectified stretched Kumaraswamy) gates and sparse attention for PyTorch and fairseq",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hardkuma_attention", "hardkuma_attention.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.1"],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "hardkuma-rationale=hardkuma_attention.rationale.cli:main",
+        ]
+    },
+    license="MIT",
+)
