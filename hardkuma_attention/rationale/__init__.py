@@ -1,0 +1,1 @@
+"""Standalone rationale models (selector + classifier); see issue "Standalone rationale trainer"."""
