@@ -47,9 +47,13 @@ class HardKumaAttention(nn.Module):
     ``add_bias_kv`` and ``add_zero_attn`` are not supported.
 
     Extra args:
-        normalize: "sum" (default: gates divided by their row sum, so outputs have the scale of
-            softmax attention), "none" (raw gates, as in the paper) or "softmax"
-            (gate × softmax(score_a), renormalised).
+        normalize: "none" (default, as in the paper: the raw gates in [0, 1] weight the values),
+            "sum" (gates divided by their row sum, so outputs have the scale of softmax attention)
+            or "softmax" (gate × softmax(score_a), renormalised).  Note that with "sum" a row with
+            a single open gate has weight 1 whatever the gate's value, so the task loss gives no
+            gradient that keeps that gate open while the L0 penalty pushes it shut: in our
+            synthetic one-key task (tests/test_core_learning.py) "sum" collapses below the
+            target and loses accuracy where "none" reaches 100 %.
         support: HardKuma stretch interval ``(l, r)``.
         ab_clamp: bounds of ``a`` and ``b``.
         parameterization: "split" or "separate" (see the module docstring).
@@ -80,7 +84,7 @@ class HardKumaAttention(nn.Module):
         batch_first: bool = False,
         device=None,
         dtype=None,
-        normalize: str = "sum",
+        normalize: str = "none",
         support: Tuple[float, float] = DEFAULT_SUPPORT,
         ab_clamp: Tuple[float, float] = (1e-3, 100.0),
         parameterization: str = "split",
