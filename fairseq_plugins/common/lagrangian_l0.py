@@ -1,0 +1,262 @@
+r"""Reusable Lagrangian L0 machinery for fairseq criteria over HardKuma attention.
+
+A criterion that wants "task loss + Lagrangian constraint on the expected L0 of the HardKuma
+attention cells" derives from :class:`LagrangianL0Criterion` (or holds a :class:`LagrangianL0`
+itself) and does three things::
+
+    net_output, stats = self.forward_collecting_stats(model, sample["net_input"])
+    task_loss = ...                                 # summed over the batch, as fairseq expects
+    loss = self.add_l0_penalty(task_loss, stats, sample_size, logging_output)
+
+and in ``reduce_metrics`` calls ``LagrangianL0.reduce_metrics(logging_outputs)``.
+
+The statistics come from :func:`hardkuma_attention.collect_attention_stats` (every HardKuma
+attention call inside the forward pass reports an :class:`~hardkuma_attention.AttentionStats`);
+nothing is cached on the model.  With ``--l0-target t`` the penalty is (see
+:class:`hardkuma_attention.LagrangianConstraint`)::
+
+    measured = sum_cells P(z != 0) / #cells         (expected L0 of the constrained keys)
+    penalty  = sample_size * stopgrad(lambda) * c_hat(measured - t)
+
+multiplied by ``sample_size`` because fairseq divides the summed loss by ``sample_size`` before
+the backward pass, so the per-unit objective is ``task_loss / sample_size + lambda * c_hat``.
+The multiplier is updated only when the criterion is in training mode (fairseq puts it in eval
+mode for validation), so validation never moves it.
+
+Logged metrics (train and valid, weighted over the log interval):
+    ``l0``       expected fraction of non-zero attention cells, ``mean P(z != 0)``;
+    ``nz``       measured fraction of cells whose weight is exactly non-zero (eval: deterministic gates);
+    ``lambda``   the Lagrange multiplier (only when a target is set);
+    ``l0_<key>``, ``nz_<key>`` the same per ``stats_key`` (e.g. ``cross``) when the attention
+    modules label their stats.
+
+Checkpointing: fairseq saves a criterion's ``state_dict`` only when it has parameters
+(``fairseq.utils.has_parameters``), so the criterion carries one frozen 0-d parameter
+(``l0_state_anchor``, ``requires_grad=False``, never given to the optimizer).  The multiplier, its
+moving average and its update count are float32 buffers of the inner ``LagrangianConstraint``:
+they are saved in ``checkpoint_*.pt`` under ``criterion``, restored on resume, and stay float32
+under ``--fp16`` (fairseq calls ``criterion.half()``).  ``fairseq-validate`` builds a fresh
+criterion, so the ``lambda`` it logs is the initial one (the other metrics do not depend on it).
+Multi-GPU with ``--ddp-backend pytorch_ddp`` is untested: DDP refuses a module without trainable
+parameters; use ``--ddp-backend legacy_ddp`` there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from fairseq.criterions import FairseqCriterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from torch import nn
+
+from hardkuma_attention import AttentionStats, LagrangianConstraint, collect_attention_stats
+
+__all__ = ["LagrangianL0Config", "LagrangianL0", "LagrangianL0Criterion", "L0_LOG_KEYS"]
+
+# Keys of the logging_output dict written by LagrangianL0 (summable across batches and workers).
+L0_LOG_KEYS = ("l0_sum", "l0_cells", "l0_nonzero", "l0_lambda", "l0_lambda_n", "l0_penalty")
+
+
+@dataclass
+class LagrangianL0Config(FairseqDataclass):
+    """Command-line options of the L0 constraint; inherit from it in a criterion's config."""
+
+    l0_target: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "target expected fraction of non-zero HardKuma attention cells (e.g. 0.1); "
+            "unset: no constraint (L0 metrics are still logged)"
+        },
+    )
+    l0_keys: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated stats keys of the attentions to constrain (e.g. 'cross'); "
+            "empty: all HardKuma attentions"
+        },
+    )
+    l0_lagrange_lr: float = field(
+        default=0.01, metadata={"help": "step size eta of the multiplier update (paper: 0.01)"}
+    )
+    l0_lagrange_alpha: float = field(
+        default=0.99, metadata={"help": "moving-average decay of the constraint (paper: 0.99)"}
+    )
+    l0_lambda_init: float = field(default=1e-4, metadata={"help": "initial multiplier (paper: 1e-4)"})
+    l0_lambda_min: float = field(default=1e-12, metadata={"help": "lower bound of the multiplier"})
+    l0_lambda_max: float = field(default=5.0, metadata={"help": "upper bound of the multiplier"})
+
+
+def _parse_keys(keys: str | Sequence[str] | None) -> Tuple[str, ...]:
+    if keys is None:
+        return ()
+    if isinstance(keys, str):
+        keys = keys.split(",")
+    return tuple(k.strip() for k in keys if k.strip())
+
+
+class LagrangianL0(nn.Module):
+    """Penalty and logging for the expected L0 of HardKuma attention cells.
+
+    Args:
+        target: constraint level (fraction of cells); None: log only, no penalty.
+        keys: stats keys whose cells are constrained (empty: all collected stats).
+        lr, alpha, lambda_init, lambda_min, lambda_max: see :class:`LagrangianConstraint`.
+    """
+
+    def __init__(
+        self,
+        target: Optional[float] = None,
+        keys: str | Sequence[str] | None = (),
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        lambda_init: float = 1e-4,
+        lambda_min: float = 1e-12,
+        lambda_max: float = 5.0,
+    ):
+        super().__init__()
+        if target is not None and not 0.0 <= target <= 1.0:
+            raise ValueError(f"--l0-target must be in [0, 1], got {target}")
+        self.target = target
+        self.keys = _parse_keys(keys)
+        self.constraint = (
+            LagrangianConstraint(
+                target, alpha=alpha, lr=lr, lambda_init=lambda_init,
+                lambda_min=lambda_min, lambda_max=lambda_max,
+            )
+            if target is not None
+            else None
+        )
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "LagrangianL0":
+        """Build from any config object with the :class:`LagrangianL0Config` fields."""
+        return cls(
+            target=cfg.l0_target, keys=cfg.l0_keys, lr=cfg.l0_lagrange_lr, alpha=cfg.l0_lagrange_alpha,
+            lambda_init=cfg.l0_lambda_init, lambda_min=cfg.l0_lambda_min, lambda_max=cfg.l0_lambda_max,
+        )
+
+    @property
+    def multiplier(self) -> Optional[float]:
+        return None if self.constraint is None else self.constraint.multiplier
+
+    def constrained_total(self, stats: collect_attention_stats) -> Optional[AttentionStats]:
+        """Sum of the collected stats whose key is constrained (all when no keys are given)."""
+        if not self.keys:
+            return stats.total()
+        totals = [t for t in (stats.total(k) for k in self.keys) if t is not None]
+        if not totals:
+            return None
+        out = totals[0]
+        for t in totals[1:]:
+            out = out + t
+        return out
+
+    def forward(
+        self, stats: collect_attention_stats, sample_size: float
+    ) -> Tuple[Optional[torch.Tensor], Dict[str, Any]]:
+        """Return ``(penalty or None, logging entries)`` for the stats of one forward pass.
+
+        The penalty (already multiplied by ``sample_size``) is returned only in training mode
+        with a target set and HardKuma stats present; evaluation only logs.
+        """
+        log: Dict[str, Any] = {}
+        everything = stats.total()
+        if everything is None:
+            return None, log
+        log.update(self._stat_entries(everything, ""))
+        for key in stats.keys():
+            log.update(self._stat_entries(stats.total(key), ":" + key))
+        penalty = None
+        if self.constraint is not None:
+            constrained = self.constrained_total(stats)
+            if constrained is not None and self.training:
+                penalty = self.constraint(constrained.expected_l0) * float(sample_size)
+                log["l0_penalty"] = penalty.detach().float()
+            log["l0_lambda"] = self.constraint.lagrange_multiplier.detach().clone()
+            log["l0_lambda_n"] = 1
+        return penalty, log
+
+    @staticmethod
+    def _stat_entries(total: AttentionStats, suffix: str) -> Dict[str, torch.Tensor]:
+        return {
+            "l0_sum" + suffix: total.l0_sum.detach().float(),
+            "l0_cells" + suffix: total.cells.detach().float(),
+            "l0_nonzero" + suffix: total.nonzero.detach().float(),
+        }
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> None:
+        """Log ``l0``, ``nz``, ``lambda`` (and per-key ``l0_<key>``, ``nz_<key>``) to fairseq metrics."""
+
+        def total(key):
+            return float(sum(_item(log.get(key, 0)) for log in logging_outputs))
+
+        suffixes = {""}
+        for log in logging_outputs:
+            suffixes.update(k[len("l0_cells"):] for k in log if k.startswith("l0_cells:"))
+        for suffix in sorted(suffixes):
+            cells = total("l0_cells" + suffix)
+            if cells <= 0:
+                continue
+            name = suffix[1:] if suffix else ""
+            l0_name = f"l0_{name}" if name else "l0"
+            nz_name = f"nz_{name}" if name else "nz"
+            metrics.log_scalar(l0_name, total("l0_sum" + suffix) / cells, cells, round=4)
+            metrics.log_scalar(nz_name, total("l0_nonzero" + suffix) / cells, cells, round=4)
+        n_lambda = total("l0_lambda_n")
+        if n_lambda > 0:
+            metrics.log_scalar("lambda", total("l0_lambda") / n_lambda, n_lambda, round=6)
+        if any("l0_penalty" in log for log in logging_outputs):
+            metrics.log_scalar("l0_penalty", total("l0_penalty") / max(total("sample_size"), 1.0), round=4)
+
+
+def _item(x) -> float:
+    return float(x.item()) if torch.is_tensor(x) else float(x)
+
+
+class LagrangianL0Criterion(FairseqCriterion):
+    """Base class of criteria that add the Lagrangian L0 penalty of HardKuma attention.
+
+    Subclasses call :meth:`forward_collecting_stats` and :meth:`add_l0_penalty` in their
+    ``forward`` and ``super().reduce_metrics`` (or ``LagrangianL0.reduce_metrics``) in theirs.
+    ``l0_cfg`` is any object with the :class:`LagrangianL0Config` fields (the criterion's cfg).
+    """
+
+    def __init__(self, task, l0_cfg: Any):
+        super().__init__(task)
+        self.l0 = LagrangianL0.from_cfg(l0_cfg)
+        # fairseq checkpoints a criterion's state only if it has a parameter: see the module doc.
+        self.l0_state_anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    @staticmethod
+    def forward_collecting_stats(model, net_input: Dict[str, Any]):
+        """Run ``model(**net_input)`` and return ``(net_output, collector)``."""
+        with collect_attention_stats() as stats:
+            net_output = model(**net_input)
+        return net_output, stats
+
+    def add_l0_penalty(
+        self,
+        loss: torch.Tensor,
+        stats: collect_attention_stats,
+        sample_size: float,
+        logging_output: Dict[str, Any],
+    ) -> torch.Tensor:
+        """Return ``loss + penalty`` (penalty only in training) and add the L0 entries to
+        ``logging_output``.  Keep ``logging_output["loss"]`` the task loss if you want train and
+        valid losses comparable (the penalty is logged as ``l0_penalty``)."""
+        penalty, log = self.l0(stats, sample_size)
+        logging_output.update(log)
+        if penalty is None:
+            return loss
+        return loss + penalty.to(loss.dtype)
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        LagrangianL0.reduce_metrics(logging_outputs)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

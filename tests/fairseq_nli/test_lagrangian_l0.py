@@ -1,0 +1,100 @@
+"""Unit tests of fairseq_plugins.common.lagrangian_l0 (the reusable L0 criterion helper)."""
+import pytest
+import torch
+
+pytest.importorskip("fairseq")
+
+from fairseq.logging import metrics  # noqa: E402
+
+from fairseq_plugins.common import LagrangianL0, LagrangianL0Criterion  # noqa: E402
+from hardkuma_attention import AttentionStats, collect_attention_stats  # noqa: E402
+from hardkuma_attention.stats import report_stats  # noqa: E402
+
+
+def _collect(l0_sum, cells, nonzero, key=None, requires_grad=True):
+    with collect_attention_stats() as stats:
+        x = torch.tensor(float(l0_sum), requires_grad=requires_grad)
+        report_stats(AttentionStats(x, torch.tensor(float(cells)), torch.tensor(float(nonzero)), key))
+    return stats, x
+
+
+class _Cfg:
+    l0_target = 0.1
+    l0_keys = ""
+    l0_lagrange_lr = 0.5
+    l0_lagrange_alpha = 0.0
+    l0_lambda_init = 1e-2
+    l0_lambda_min = 1e-6
+    l0_lambda_max = 5.0
+
+
+def test_penalty_in_training_only_and_scaled_by_sample_size():
+    l0 = LagrangianL0.from_cfg(_Cfg)
+    stats, x = _collect(60.0, 100.0, 55.0)
+    penalty, log = l0(stats, sample_size=8)
+    lam = l0.multiplier
+    assert lam > 1e-2  # measured 0.6 > target 0.1: lambda grew
+    # alpha = 0: c_hat = c = 0.6 - 0.1
+    assert penalty.item() == pytest.approx(8 * lam * 0.5, rel=1e-5)
+    penalty.backward()
+    assert x.grad.item() == pytest.approx(8 * lam / 100.0, rel=1e-5)
+    assert log["l0_cells"].item() == 100.0 and log["l0_nonzero"].item() == 55.0
+
+    l0.eval()
+    stats, _ = _collect(60.0, 100.0, 55.0)
+    penalty, log = l0(stats, sample_size=8)
+    assert penalty is None
+    assert l0.multiplier == lam  # eval never moves lambda
+    assert log["l0_lambda"].item() == pytest.approx(lam)
+
+
+def test_keys_select_constrained_stats_and_no_stats_means_no_penalty():
+    cfg = type("C", (_Cfg,), {"l0_keys": "cross"})
+    l0 = LagrangianL0.from_cfg(cfg)
+    with collect_attention_stats() as stats:
+        a = torch.tensor(90.0, requires_grad=True)
+        b = torch.tensor(5.0, requires_grad=True)
+        report_stats(AttentionStats(a, torch.tensor(100.0), torch.tensor(90.0), "self"))
+        report_stats(AttentionStats(b, torch.tensor(100.0), torch.tensor(5.0), "cross"))
+    penalty, log = l0(stats, 1)
+    penalty.backward()
+    assert a.grad is None and b.grad is not None
+    assert log["l0_cells:self"].item() == 100.0 and log["l0_cells"].item() == 200.0
+    with collect_attention_stats() as empty:
+        pass
+    assert l0(empty, 1) == (None, {})
+
+
+def test_reduce_metrics_weighted_and_per_key():
+    logs = [
+        {"l0_sum": 10.0, "l0_cells": 100.0, "l0_nonzero": 4.0, "l0_sum:cross": 10.0,
+         "l0_cells:cross": 100.0, "l0_nonzero:cross": 4.0, "l0_lambda": 0.2, "l0_lambda_n": 1},
+        {"l0_sum": 30.0, "l0_cells": 100.0, "l0_nonzero": 16.0, "l0_sum:cross": 30.0,
+         "l0_cells:cross": 100.0, "l0_nonzero:cross": 16.0, "l0_lambda": 0.4, "l0_lambda_n": 1},
+    ]
+    with metrics.aggregate() as agg:
+        LagrangianL0.reduce_metrics(logs)
+        out = agg.get_smoothed_values()
+    assert out["l0"] == pytest.approx(0.2)
+    assert out["nz"] == pytest.approx(0.1)
+    assert out["l0_cross"] == pytest.approx(0.2)
+    assert out["lambda"] == pytest.approx(0.3)
+
+
+def test_criterion_state_is_checkpointed_and_fp16_safe():
+    crit = LagrangianL0Criterion(task=None, l0_cfg=_Cfg)
+    from fairseq import utils
+
+    assert utils.has_parameters(crit)  # else fairseq would not save the criterion state
+    assert not any(p.requires_grad for p in crit.parameters())  # nothing for the optimizer
+    crit.train()
+    stats, _ = _collect(60.0, 100.0, 55.0)
+    loss = crit.add_l0_penalty(torch.tensor(1.0), stats, 4, {})
+    assert loss.item() > 1.0
+    sd = crit.state_dict()
+    assert "l0.constraint.lagrange_multiplier" in sd
+    fresh = LagrangianL0Criterion(task=None, l0_cfg=_Cfg).half()
+    fresh.load_state_dict(sd, strict=True)
+    assert fresh.l0.constraint.lagrange_multiplier.dtype == torch.float32
+    assert fresh.l0.multiplier == pytest.approx(crit.l0.multiplier)
+    assert int(fresh.l0.constraint.num_updates) == 1
