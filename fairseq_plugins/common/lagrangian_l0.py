@@ -28,7 +28,7 @@ Logged metrics (train and valid, weighted over the log interval):
     ``nz``       measured fraction of cells whose weight is exactly non-zero (eval: deterministic gates);
     ``lambda``   the Lagrange multiplier (only when a target is set);
     ``l0_<key>``, ``nz_<key>`` the same per ``stats_key`` (e.g. ``cross``) when the attention
-    modules label their stats.
+    modules label their stats with more than one key.
 
 Checkpointing: fairseq saves a criterion's ``state_dict`` only when it has parameters
 (``fairseq.utils.has_parameters``), so the criterion carries one frozen 0-d parameter
@@ -40,7 +40,6 @@ criterion, so the ``lambda`` it logs is the initial one (the other metrics do no
 Multi-GPU with ``--ddp-backend pytorch_ddp`` is untested: DDP refuses a module without trainable
 parameters; use ``--ddp-backend legacy_ddp`` there.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -193,10 +192,12 @@ class LagrangianL0(nn.Module):
         def total(key):
             return float(sum(_item(log.get(key, 0)) for log in logging_outputs))
 
-        suffixes = {""}
+        keyed = set()
         for log in logging_outputs:
-            suffixes.update(k[len("l0_cells"):] for k in log if k.startswith("l0_cells:"))
-        for suffix in sorted(suffixes):
+            keyed.update(k[len("l0_cells"):] for k in log if k.startswith("l0_cells:"))
+        # Per-key metrics only when they add information (more than one key).
+        suffixes = [""] + (sorted(keyed) if len(keyed) > 1 else [])
+        for suffix in suffixes:
             cells = total("l0_cells" + suffix)
             if cells <= 0:
                 continue

@@ -68,9 +68,11 @@ def test_keys_select_constrained_stats_and_no_stats_means_no_penalty():
 def test_reduce_metrics_weighted_and_per_key():
     logs = [
         {"l0_sum": 10.0, "l0_cells": 100.0, "l0_nonzero": 4.0, "l0_sum:cross": 10.0,
-         "l0_cells:cross": 100.0, "l0_nonzero:cross": 4.0, "l0_lambda": 0.2, "l0_lambda_n": 1},
+         "l0_cells:cross": 100.0, "l0_nonzero:cross": 4.0, "l0_lambda": 0.2, "l0_lambda_n": 1,
+         "l0_sum:self": 50.0, "l0_cells:self": 100.0, "l0_nonzero:self": 50.0},
         {"l0_sum": 30.0, "l0_cells": 100.0, "l0_nonzero": 16.0, "l0_sum:cross": 30.0,
-         "l0_cells:cross": 100.0, "l0_nonzero:cross": 16.0, "l0_lambda": 0.4, "l0_lambda_n": 1},
+         "l0_cells:cross": 100.0, "l0_nonzero:cross": 16.0, "l0_lambda": 0.4, "l0_lambda_n": 1,
+         "l0_sum:self": 50.0, "l0_cells:self": 100.0, "l0_nonzero:self": 50.0},
     ]
     with metrics.aggregate() as agg:
         LagrangianL0.reduce_metrics(logs)
@@ -78,7 +80,11 @@ def test_reduce_metrics_weighted_and_per_key():
     assert out["l0"] == pytest.approx(0.2)
     assert out["nz"] == pytest.approx(0.1)
     assert out["l0_cross"] == pytest.approx(0.2)
+    assert out["nz_self"] == pytest.approx(0.5)
     assert out["lambda"] == pytest.approx(0.3)
+    with metrics.aggregate() as agg:  # a single key adds nothing: no per-key metric
+        LagrangianL0.reduce_metrics([{k: v for k, v in log.items() if not k.endswith(":self")} for log in logs])
+        assert "l0_cross" not in agg.get_smoothed_values()
 
 
 def test_criterion_state_is_checkpointed_and_fp16_safe():
