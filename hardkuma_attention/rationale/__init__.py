@@ -1,1 +1,37 @@
-"""Standalone rationale models (selector + classifier); see issue "Standalone rationale trainer"."""
+r"""Standalone rationale models: HardKuma (or Bernoulli) token selection for text classification.
+
+Bastings, Aziz & Titov (ACL 2019), Sections 3-4; baseline: Lei, Barzilay & Jaakkola (EMNLP 2016).
+
+Modules (each usable on its own):
+
+- :mod:`.data`        readers (SST trees, ERASER, BeerAdvocate, generic jsonl/tsv) -> :class:`Example`;
+- :mod:`.embeddings`  :class:`Vocab`, GloVe reading, embedding matrices;
+- :mod:`.models`      selectors (independent / dependent HardKuma, Bernoulli), classifier, full model;
+- :mod:`.objectives`  task loss + Lagrangian selection / transition constraints; REINFORCE;
+- :mod:`.metrics`     accuracy, token P/R/F1, IOU-F1, ERASER comprehensiveness / sufficiency;
+- :mod:`.highlight`   HTML page and terminal highlighting of rationales;
+- :mod:`.train`       the one trainer, :class:`Pipeline` (predict / evaluate / save), checkpoints;
+- :mod:`.plot`        accuracy vs % selected;
+- :mod:`.cli`         ``hardkuma-rationale train|evaluate|predict|plot``.
+
+Importing this package imports torch but not tqdm or matplotlib (those load when used).
+"""
+from .data import DataFormatError, Example, read_examples
+from .models import ModelConfig, RationaleModel
+from .objectives import ObjectiveConfig, RationaleObjective
+from .train import LabelMap, Pipeline, TrainConfig, load_pipeline, train
+
+__all__ = [
+    "DataFormatError",
+    "Example",
+    "LabelMap",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "Pipeline",
+    "RationaleModel",
+    "RationaleObjective",
+    "TrainConfig",
+    "load_pipeline",
+    "read_examples",
+    "train",
+]

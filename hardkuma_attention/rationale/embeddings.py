@@ -1,0 +1,118 @@
+r"""Vocabulary and pre-trained embeddings from a GloVe-format text file.
+
+GloVe format: one word a line, ``word v_1 ... v_d`` (space separated), plain text or ``.gz``.
+
+:class:`Vocab` maps tokens to ids (``0`` = ``<pad>``, ``1`` = ``<unk>``); with ``lowercase=True``
+(the default, for the uncased GloVe 6B vectors) tokens are lower-cased before look-up.
+:func:`build_vocab` takes the words of the training data (``min_count``) plus every word of the
+embedding file, so dev/test words covered by GloVe are not ``<unk>``.
+:func:`load_embedding_matrix` returns a ``(len(vocab), d)`` float tensor: GloVe rows where known,
+``N(0, 0.1^2)`` rows for training words without a vector, zeros for ``<pad>``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["Vocab", "PAD", "UNK", "read_glove", "build_vocab", "load_embedding_matrix"]
+
+PAD, UNK = "<pad>", "<unk>"
+
+
+class Vocab:
+    """Token <-> id map.  ``itos[0] = <pad>``, ``itos[1] = <unk>``."""
+
+    def __init__(self, itos: Sequence[str], lowercase: bool = True):
+        if list(itos[:2]) != [PAD, UNK]:
+            raise ValueError(f"itos must start with {PAD!r}, {UNK!r}")
+        self.itos: List[str] = list(itos)
+        self.lowercase = bool(lowercase)
+        self.stoi: Dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def normalize(self, token: str) -> str:
+        return token.lower() if self.lowercase else token
+
+    def encode(self, tokens: Iterable[str]) -> List[int]:
+        unk = self.stoi[UNK]
+        return [self.stoi.get(self.normalize(t), unk) for t in tokens]
+
+    def to_dict(self) -> dict:
+        return {"itos": self.itos, "lowercase": self.lowercase}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "Vocab":
+        return cls(state["itos"], state["lowercase"])
+
+
+def _open(path: Union[str, os.PathLike]):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {path}")
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_glove(path, words: Optional[set] = None) -> Tuple[List[str], torch.Tensor]:
+    """Read a GloVe text file; keep only ``words`` when given.  Returns ``(words, (n, d) tensor)``.
+
+    Raises ``ValueError`` naming ``path:line`` for a row whose dimension differs from the first.
+    """
+    out_words, rows, dim = [], [], None
+    with _open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip().split(" ")
+            if len(parts) < 2:
+                continue
+            if dim is None:
+                dim = len(parts) - 1
+            elif len(parts) - 1 != dim:
+                raise ValueError(f"{path}:{lineno}: expected {dim} values, got {len(parts) - 1}")
+            word = parts[0]
+            if words is not None and word not in words:
+                continue
+            try:
+                rows.append([float(x) for x in parts[1:]])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: non-numeric vector entry") from None
+            out_words.append(word)
+    if dim is None:
+        raise ValueError(f"{path}: no vectors found")
+    return out_words, torch.tensor(rows, dtype=torch.float32).reshape(len(rows), dim)
+
+
+def build_vocab(
+    token_lists: Iterable[Sequence[str]],
+    embedding_words: Iterable[str] = (),
+    min_count: int = 1,
+    lowercase: bool = True,
+) -> Vocab:
+    """Vocabulary = training tokens seen ``>= min_count`` times, then embedding words (sorted)."""
+    counts = Counter(t.lower() if lowercase else t for toks in token_lists for t in toks)
+    words = sorted(w for w, c in counts.items() if c >= min_count)
+    seen = set(words) | {PAD, UNK}
+    extra = sorted(w for w in set(embedding_words) if w not in seen)
+    return Vocab([PAD, UNK] + words + extra, lowercase=lowercase)
+
+
+def load_embedding_matrix(vocab: Vocab, glove_words: Sequence[str], glove_vectors: torch.Tensor,
+                          seed: int = 0) -> Tuple[torch.Tensor, int]:
+    """``(len(vocab), d)`` matrix and the number of vocabulary words found in GloVe."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = glove_vectors.size(1)
+    weight = torch.randn(len(vocab), dim, generator=gen) * 0.1
+    weight[0] = 0.0
+    index = {w: i for i, w in enumerate(glove_words)}
+    found = 0
+    for i, word in enumerate(vocab.itos):
+        j = index.get(word)
+        if j is not None:
+            weight[i] = glove_vectors[j]
+            found += 1
+    return weight, found

@@ -1,0 +1,284 @@
+r"""Select-then-predict rationale models (Bastings, Aziz & Titov 2019; Lei, Barzilay & Jaakkola 2016).
+
+A *selector* reads the embedded text ``x`` (``(B, T, E)``) and gives one gate ``z_t`` per token;
+a *classifier* sees only ``x_t * z_t`` and predicts the label.  Gates (``gate=``):
+
+- ``"hardkuma"``: ``z_t ~ HardKuma(a_t, b_t)`` with ``a_t = clamp(softplus(s^a_t))`` (likewise ``b``),
+  reparameterised samples in training and ``HardKuma.deterministic()`` at eval (core
+  :class:`~hardkuma_attention.HardKumaraswamy`; no copy of its math here);
+- ``"bernoulli"``: ``z_t ~ Bernoulli(sigmoid(s_t))`` trained with REINFORCE (Lei et al. 2016),
+  ``z_t = 1[p_t >= 1/2]`` at eval;
+- ``"none"``: the full-text baseline, ``z_t = 1`` on every valid token.
+
+Selectors: ``"independent"`` (a, b from a bi-LSTM state ``h_t``, gates independent given x) and
+``"dependent"`` (autoregressive: an LSTM cell over ``[h_t; z_{t-1}]`` gives ``s_t`` and
+``(a_t, b_t) = f([h_t; s_t])``, so ``z_t`` depends on ``z_{<t}``).
+
+The classifier *skips zeroed tokens*: tokens with ``z_t = 0`` are removed (the remaining
+``x_t z_t`` are packed to the left, order kept) before its bi-LSTM runs, so a zero gate removes the
+token rather than feeding a zero vector; its prediction is the output layer on the final states.
+
+Shapes: ``tokens`` ``(B, T)`` long, ``mask`` ``(B, T)`` bool (True = real token); all gate
+tensors ``(B, T)`` and exactly 0 on padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..distributions import DEFAULT_SUPPORT, HardKumaraswamy
+from ..fused import ab_from_scores
+
+__all__ = [
+    "ModelConfig",
+    "RationaleOutput",
+    "LSTMEncoder",
+    "compact_selected",
+    "Classifier",
+    "IndependentSelector",
+    "DependentSelector",
+    "BernoulliSelector",
+    "RationaleModel",
+    "GATES",
+    "SELECTORS",
+]
+
+GATES = ("hardkuma", "bernoulli", "none")
+SELECTORS = ("independent", "dependent")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture.  ``num_outputs`` = number of classes, or 1 with ``task="regression"``."""
+
+    vocab_size: int
+    embed_dim: int = 50
+    hidden_size: int = 150
+    num_outputs: int = 5
+    task: str = "classification"  # or "regression" (sigmoid output in [0, 1], MSE loss)
+    gate: str = "hardkuma"
+    selector: str = "independent"
+    dependent_hidden: int = 30
+    dropout: float = 0.5
+    freeze_embeddings: bool = True
+    skip_zeros: bool = True
+    support: Tuple[float, float] = DEFAULT_SUPPORT
+    ab_clamp: Tuple[float, float] = (1e-6, 100.0)
+
+    def __post_init__(self):
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.selector not in SELECTORS:
+            raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        self.support = tuple(self.support)
+        self.ab_clamp = tuple(self.ab_clamp)
+
+
+@dataclass
+class RationaleOutput:
+    """What :meth:`RationaleModel.forward` returns.
+
+    ``logits``: ``(B, C)`` (regression: ``(B,)`` in [0, 1]); ``z``: gates ``(B, T)``;
+    ``dist``: the HardKuma over the gates (``gate="hardkuma"``); ``select_logits``: Bernoulli
+    logits ``(B, T)`` (``gate="bernoulli"``); ``log_prob_z``: ``(B,)`` sum over valid tokens of
+    ``log p(z_t)`` for REINFORCE (``gate="bernoulli"``, training).
+    """
+
+    logits: torch.Tensor
+    z: torch.Tensor
+    mask: torch.Tensor
+    dist: Optional[HardKumaraswamy] = None
+    select_logits: Optional[torch.Tensor] = None
+    log_prob_z: Optional[torch.Tensor] = None
+
+
+class LSTMEncoder(nn.Module):
+    """Bidirectional LSTM over packed sequences.  ``(B, T, E)`` -> outputs ``(B, T, 2H)``
+    (zeros on padding) and final states ``(B, 2H)`` (forward last, backward first)."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
+        self.output_size = 2 * hidden_size
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        lengths_cpu = lengths.clamp_min(1).to("cpu")
+        packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        final = torch.cat([h[0], h[1]], dim=-1)
+        return out, final
+
+
+def compact_selected(x: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Move the kept positions of each row to the front, order preserved.
+
+    ``x`` ``(B, T, E)``, ``keep`` ``(B, T)`` bool -> ``(B, T', E)`` with ``T' = max kept`` (at least
+    1) and lengths ``(B,)``.  Differentiable w.r.t. ``x`` (a gather).
+    """
+    lengths = keep.sum(1)
+    # Stable sort puts kept positions (key 0) before dropped ones (key 1), keeping their order.
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    width = max(int(lengths.max().item()) if lengths.numel() else 1, 1)
+    order = order[:, :width]
+    out = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+    valid = torch.arange(width, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return out * valid.unsqueeze(-1).to(out.dtype), lengths
+
+
+class Classifier(nn.Module):
+    """Predict from ``x * z``: bi-LSTM final states -> dropout -> linear.
+
+    With ``skip_zeros`` the tokens whose gate is exactly 0 are removed first (see
+    :func:`compact_selected`); a row with nothing selected sees one zero vector.
+    """
+
+    def __init__(self, embed_dim: int, hidden_size: int, num_outputs: int, dropout: float, skip_zeros: bool):
+        super().__init__()
+        self.encoder = LSTMEncoder(embed_dim, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(self.encoder.output_size, num_outputs)
+        self.skip_zeros = skip_zeros
+
+    def forward(self, emb: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = emb * z.unsqueeze(-1)
+        if self.skip_zeros:
+            x, lengths = compact_selected(x, (z != 0) & mask)
+        else:
+            lengths = mask.sum(1)
+        _, final = self.encoder(x, lengths)
+        return self.output(self.dropout(final))
+
+
+class IndependentSelector(nn.Module):
+    """Scores ``(s^a, s^b)`` per token from a bi-LSTM: ``(B, T, E)`` -> two ``(B, T)``."""
+
+    def __init__(self, embed_dim: int, hidden_size: int, dropout: float, num_scores: int = 2):
+        super().__init__()
+        self.encoder = LSTMEncoder(embed_dim, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.scores = nn.Linear(self.encoder.output_size, num_scores)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h, _ = self.encoder(self.dropout(emb), mask.sum(1))
+        return self.scores(self.dropout(h))  # (B, T, num_scores)
+
+
+class DependentSelector(nn.Module):
+    """Autoregressive HardKuma selector: ``s_t = LSTMCell([h_t; z_{t-1}], s_{t-1})``,
+    ``(s^a_t, s^b_t) = W [h_t; s_t]``, ``z_t ~ HardKuma(a_t, b_t)`` (eval: deterministic value).
+
+    Returns ``a, b, z`` each ``(B, T)``.  Runs a Python loop over ``T``: use it for short texts.
+    """
+
+    def __init__(self, embed_dim: int, hidden_size: int, z_hidden: int, dropout: float,
+                 support, ab_clamp):
+        super().__init__()
+        self.encoder = LSTMEncoder(embed_dim, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.cell = nn.LSTMCell(self.encoder.output_size + 1, z_hidden)
+        self.scores = nn.Linear(self.encoder.output_size + z_hidden, 2)
+        self.support, self.ab_clamp = support, ab_clamp
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor, sample: bool):
+        h, _ = self.encoder(self.dropout(emb), mask.sum(1))
+        h = self.dropout(h)
+        bsz, length, _ = h.shape
+        state = (h.new_zeros(bsz, self.cell.hidden_size), h.new_zeros(bsz, self.cell.hidden_size))
+        z_prev = h.new_zeros(bsz, 1)
+        a_list, b_list, z_list = [], [], []
+        for t in range(length):
+            state = self.cell(torch.cat([h[:, t], z_prev], dim=-1), state)
+            s = self.scores(torch.cat([h[:, t], state[0]], dim=-1))
+            a_t = ab_from_scores(s[:, 0], self.ab_clamp)
+            b_t = ab_from_scores(s[:, 1], self.ab_clamp)
+            dist = HardKumaraswamy(a_t, b_t, support=self.support)
+            z_t = dist.rsample() if sample else dist.deterministic()
+            z_t = z_t * mask[:, t].to(z_t.dtype)
+            a_list.append(a_t), b_list.append(b_t), z_list.append(z_t)
+            z_prev = z_t.unsqueeze(-1)
+        return torch.stack(a_list, 1), torch.stack(b_list, 1), torch.stack(z_list, 1)
+
+
+class BernoulliSelector(IndependentSelector):
+    """One logit per token (Lei et al. 2016 generator, independent variant)."""
+
+    def __init__(self, embed_dim: int, hidden_size: int, dropout: float):
+        super().__init__(embed_dim, hidden_size, dropout, num_scores=1)
+
+
+class RationaleModel(nn.Module):
+    """Embeddings -> selector -> gates ``z`` -> classifier on ``x * z``.  See the module docstring."""
+
+    def __init__(self, config: ModelConfig, embeddings: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        if embeddings is not None:
+            if tuple(embeddings.shape) != (c.vocab_size, c.embed_dim):
+                raise ValueError(
+                    f"embeddings shape {tuple(embeddings.shape)} != (vocab_size, embed_dim) = "
+                    f"{(c.vocab_size, c.embed_dim)}"
+                )
+            self.embed.weight.data.copy_(embeddings)
+        self.embed.weight.requires_grad_(not c.freeze_embeddings)
+        if c.gate == "hardkuma":
+            if c.selector == "dependent":
+                self.selector = DependentSelector(c.embed_dim, c.hidden_size, c.dependent_hidden, c.dropout,
+                                                  c.support, c.ab_clamp)
+            else:
+                self.selector = IndependentSelector(c.embed_dim, c.hidden_size, c.dropout)
+        elif c.gate == "bernoulli":
+            self.selector = BernoulliSelector(c.embed_dim, c.hidden_size, c.dropout)
+        else:
+            self.selector = None
+        self.classifier = Classifier(c.embed_dim, c.hidden_size, c.num_outputs, c.dropout, c.skip_zeros)
+
+    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.config.task == "regression":
+            return torch.sigmoid(out.squeeze(-1))
+        return out
+
+    def classify(self, tokens: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Classifier output for given gates ``z`` ``(B, T)`` (e.g. a fixed 0/1 rationale mask for
+        ERASER comprehensiveness / sufficiency)."""
+        emb = self.embed(tokens)
+        return self._finish(self.classifier(emb, z.to(emb.dtype) * mask.to(emb.dtype), mask))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> RationaleOutput:
+        c = self.config
+        emb = self.embed(tokens)
+        fmask = mask.to(emb.dtype)
+        dist = select_logits = log_prob_z = None
+        if c.gate == "none":
+            z = fmask
+        elif c.gate == "hardkuma":
+            if c.selector == "dependent":
+                a, b, z = self.selector(emb, mask, sample=self.training)
+            else:
+                scores = self.selector(emb, mask)
+                a = ab_from_scores(scores[..., 0], c.ab_clamp)
+                b = ab_from_scores(scores[..., 1], c.ab_clamp)
+            dist = HardKumaraswamy(a, b, support=c.support)
+            if c.selector != "dependent":
+                z = dist.rsample() if self.training else dist.deterministic()
+            z = z * fmask
+        else:
+            select_logits = self.selector(emb, mask).squeeze(-1)
+            if self.training:
+                with torch.no_grad():
+                    z = torch.bernoulli(torch.sigmoid(select_logits)) * fmask
+                log_p = -F.binary_cross_entropy_with_logits(select_logits, z, reduction="none")
+                log_prob_z = (log_p * fmask).sum(1)
+            else:
+                z = (select_logits >= 0).to(emb.dtype) * fmask
+        logits = self._finish(self.classifier(emb, z, mask))
+        return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z)

@@ -1,0 +1,144 @@
+r"""Training objectives of the rationale models (one per gate type).
+
+HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence ``i``::
+
+    task      = CE(logits, y)                     (regression: MSE(sigmoid output, y))
+    L0        = mean_i  mean_{t in m_i} (1 - P(z_it = 0))         core ``functional.expected_l0``
+    trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
+    loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
+
+with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
+constraints that are set: ``selection`` / ``lasso`` None means "off").
+
+Bernoulli gates, REINFORCE (Lei et al. 2016), per example ``i``::
+
+    cost_i    = task_i + sparsity_weight * |rate_i - sparsity_target| + coherence_weight * trans_i
+    loss      = mean_i task_i + mean_i (cost_i - baseline) * log p(z_i | x_i)   (cost detached)
+
+``rate_i`` = fraction of selected tokens, ``trans_i`` = number of 0/1 switches / length.  With
+``sparsity_target = 0`` (default) the sparsity term is Lei et al.'s ``lambda_1 |z|`` (normalised
+by length); a positive target penalises the distance to a selection rate instead, which makes
+"comparable rates" easy to reach.  ``baseline`` is a moving average of the mean cost (variance
+reduction; a buffer, saved in the checkpoint).
+
+Full text (``gate="none"``): the task loss only.
+
+Each objective returns ``(loss, stats)`` where ``stats`` holds floats for logging (task loss,
+expected/measured selection rate, multipliers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..constraints import LagrangianConstraint
+from ..functional import expected_l0, expected_transitions, masked_mean
+from .models import RationaleOutput
+
+__all__ = ["ObjectiveConfig", "RationaleObjective", "task_loss", "selection_rate", "transition_rate"]
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss settings.  ``selection``/``lasso``: HardKuma targets (None = no constraint).
+
+    Lagrangian defaults are chosen for short CPU runs (a few thousand updates): the paper's
+    ``lagrange_lr = 0.01`` with ``lambda_init = 1e-4`` needs ~2k updates before lambda matters.
+    """
+
+    selection: Optional[float] = None
+    lasso: Optional[float] = None
+    lagrange_lr: float = 0.05
+    lagrange_alpha: float = 0.99
+    lambda_init: float = 1e-3
+    lambda_max: float = 5.0
+    equality: bool = False
+    sparsity_weight: float = 0.0
+    sparsity_target: float = 0.0
+    coherence_weight: float = 0.0
+    baseline_decay: float = 0.95
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (classification) or squared error (regression)."""
+    if task == "regression":
+        return F.mse_loss(logits, targets.to(logits.dtype), reduction=reduction)
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+def selection_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence fraction of valid tokens with ``z != 0``: ``(B,)`` (no gradient)."""
+    return masked_mean((z.detach() != 0).to(torch.float32), mask, dim=-1)
+
+
+def transition_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence number of selected/unselected switches divided by length: ``(B,)``."""
+    sel = (z.detach() != 0).to(torch.float32)
+    pair_valid = (mask[:, 1:] & mask[:, :-1]).to(torch.float32)
+    switches = ((sel[:, 1:] - sel[:, :-1]).abs() * pair_valid).sum(-1)
+    return switches / mask.sum(-1).clamp_min(1).to(torch.float32)
+
+
+class RationaleObjective(nn.Module):
+    """Loss for a :class:`~hardkuma_attention.rationale.models.RationaleModel` output.
+
+    Holds the Lagrangian controllers (HardKuma) or the REINFORCE baseline (Bernoulli) as
+    sub-modules / buffers so that they are saved and restored with the checkpoint.
+    """
+
+    def __init__(self, config: ObjectiveConfig, gate: str, task: str = "classification"):
+        super().__init__()
+        self.config, self.gate, self.task = config, gate, task
+        c = config
+        kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=c.lambda_init,
+                      lambda_max=c.lambda_max, equality=c.equality)
+        self.selection_constraint = (
+            LagrangianConstraint(c.selection, **kwargs) if gate == "hardkuma" and c.selection is not None else None
+        )
+        self.lasso_constraint = (
+            LagrangianConstraint(c.lasso, **kwargs) if gate == "hardkuma" and c.lasso is not None else None
+        )
+        self.register_buffer("reinforce_baseline", torch.tensor(0.0))
+        self.register_buffer("baseline_updates", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, out: RationaleOutput, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        mask = out.mask
+        per_example = task_loss(out.logits, targets, self.task, reduction="none")
+        task = per_example.mean()
+        rate = selection_rate(out.z, mask)
+        stats = {"task_loss": float(task.detach()), "selected": float(rate.mean())}
+        loss = task
+        if self.gate == "hardkuma" and out.dist is not None:
+            l0 = expected_l0(out.dist, mask, dim=-1).mean()
+            stats["expected_l0"] = float(l0.detach())
+            if self.selection_constraint is not None:
+                loss = loss + self.selection_constraint(l0)
+                stats["lambda_selection"] = self.selection_constraint.multiplier
+            if self.lasso_constraint is not None:
+                trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)
+                loss = loss + self.lasso_constraint(trans)
+                stats["expected_transitions"] = float(trans.detach())
+                stats["lambda_lasso"] = self.lasso_constraint.multiplier
+        elif self.gate == "bernoulli" and out.log_prob_z is not None:
+            c = self.config
+            cost = (
+                per_example.detach()
+                + c.sparsity_weight * (rate - c.sparsity_target).abs()
+                + c.coherence_weight * transition_rate(out.z, mask)
+            )
+            if self.training:
+                with torch.no_grad():
+                    if int(self.baseline_updates) == 0:
+                        self.reinforce_baseline.copy_(cost.mean())
+                    else:
+                        d = c.baseline_decay
+                        self.reinforce_baseline.mul_(d).add_((1 - d) * cost.mean())
+                    self.baseline_updates.add_(1)
+            advantage = cost - self.reinforce_baseline
+            loss = loss + (advantage * out.log_prob_z).mean()
+            stats["cost"] = float(cost.mean())
+        return loss, stats

@@ -1,0 +1,66 @@
+r"""Plot accuracy (or another task score) against the % of tokens selected, one point per run.
+
+Input: the ``results.json`` files written by ``hardkuma-rationale train`` (keys ``name``,
+``model_config.gate`` and a ``test`` or ``dev`` metrics dict with ``selected`` and ``accuracy``).
+Full-text runs (``gate == "none"``) are drawn as a horizontal reference line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+__all__ = ["load_results", "plot_accuracy_vs_selection"]
+
+_STYLE = {"hardkuma": ("o-", "HardKuma"), "bernoulli": ("s--", "Bernoulli (REINFORCE)")}
+
+
+def load_results(paths: Sequence) -> List[dict]:
+    out = []
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            out.append(json.load(f))
+    return out
+
+
+def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "test",
+                               metric: str = "accuracy", title: str = "") -> None:
+    """Write a PNG (atomically) of ``metric`` vs ``100 * selected`` on ``split``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: Dict[str, List[tuple]] = {}
+    baselines = []
+    for r in results:
+        m = r.get(split) or {}
+        if metric not in m:
+            raise ValueError(f"results of run {r.get('name')!r} have no {split}.{metric}")
+        gate = r["model_config"]["gate"]
+        if gate == "none":
+            baselines.append((r.get("name", "full text"), m[metric]))
+        else:
+            groups.setdefault(gate, []).append((100 * m["selected"], m[metric], r.get("name", "")))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for gate, pts in sorted(groups.items()):
+        pts.sort()
+        style, label = _STYLE.get(gate, ("^-", gate))
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, label=label)
+    for name, value in baselines:
+        ax.axhline(100 * value, color="gray", linestyle=":", label=f"full text ({name})")
+    ax.set_xlabel("% tokens selected")
+    ax.set_ylabel(f"{split} {metric} (%)")
+    ax.set_title(title or f"{metric} vs selection")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out_path)

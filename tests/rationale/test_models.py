@@ -1,0 +1,120 @@
+"""Selector / classifier shapes and masking; the objective reuses the core's constraint math."""
+import pytest
+import torch
+
+from hardkuma_attention import HardKumaraswamy, LagrangianConstraint
+from hardkuma_attention.rationale.models import ModelConfig, RationaleModel, compact_selected
+from hardkuma_attention.rationale.objectives import ObjectiveConfig, RationaleObjective
+
+B, T, V = 3, 7, 20
+
+
+def batch():
+    torch.manual_seed(0)
+    tokens = torch.randint(2, V, (B, T))
+    lengths = torch.tensor([7, 4, 1])
+    mask = torch.arange(T)[None] < lengths[:, None]
+    return tokens.masked_fill(~mask, 0), mask
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, embed_dim=8, hidden_size=6, num_outputs=3, dropout=0.0, **kw)
+    return RationaleModel(cfg)
+
+
+@pytest.mark.parametrize("gate, selector", [("hardkuma", "independent"), ("hardkuma", "dependent"),
+                                            ("bernoulli", "independent"), ("none", "independent")])
+@pytest.mark.parametrize("training", [True, False])
+def test_shapes_and_padding_is_zero(gate, selector, training):
+    tokens, mask = batch()
+    m = model(gate=gate, selector=selector)
+    m.train(training)
+    out = m(tokens, mask)
+    assert out.logits.shape == (B, 3) and out.z.shape == (B, T)
+    assert torch.all(out.z[~mask] == 0)
+    assert torch.all((out.z >= 0) & (out.z <= 1))
+    if gate == "hardkuma":
+        assert isinstance(out.dist, HardKumaraswamy) and out.dist.batch_shape == (B, T)
+    if gate == "bernoulli" and training:
+        assert out.log_prob_z.shape == (B,) and torch.all(out.log_prob_z <= 0)
+    if gate == "none":
+        assert torch.equal(out.z, mask.float())
+    if not training and gate == "bernoulli":
+        assert set(out.z.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_eval_hardkuma_is_deterministic():
+    tokens, mask = batch()
+    m = model(gate="hardkuma").eval()
+    assert torch.equal(m(tokens, mask).z, m(tokens, mask).z)
+
+
+def test_compact_selected_keeps_order_and_lengths():
+    x = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1) + 1
+    keep = torch.tensor([[False, True, False, True], [False, False, False, False]])
+    out, lengths = compact_selected(x, keep)
+    assert lengths.tolist() == [2, 0]
+    assert out.shape == (2, 2, 1)
+    assert out[0, :, 0].tolist() == [2.0, 4.0] and out[1].abs().sum() == 0
+
+
+def test_classifier_ignores_zeroed_and_padded_tokens():
+    tokens, mask = batch()
+    m = model(gate="none").eval()
+    z = mask.float().clone()
+    z[0, 2] = 0.0
+    base = m.classify(tokens, mask, z)
+    changed = tokens.clone()
+    changed[0, 2] = (changed[0, 2] + 1) % V  # a removed token
+    changed[1, 5] = 5  # a padding position (mask False)
+    assert torch.allclose(base, m.classify(changed, mask, z))
+    changed[0, 3] = (changed[0, 3] + 1) % V  # a selected token matters
+    assert not torch.allclose(base, m.classify(changed, mask, z))
+
+
+def test_skip_zeros_differs_from_zero_vectors():
+    tokens, mask = batch()
+    z = mask.float().clone()
+    z[0, :3] = 0.0
+    skip = model(gate="none", skip_zeros=True).eval().classify(tokens, mask, z)
+    keep = model(gate="none", skip_zeros=False).eval().classify(tokens, mask, z)
+    assert not torch.allclose(skip[0], keep[0])
+    assert torch.allclose(skip[1:], keep[1:])
+
+
+def test_hardkuma_objective_uses_core_constraint_and_reaches_selector():
+    tokens, mask = batch()
+    m = model(gate="hardkuma").train()
+    obj = RationaleObjective(ObjectiveConfig(selection=0.2, lasso=0.1), "hardkuma").train()
+    assert isinstance(obj.selection_constraint, LagrangianConstraint)
+    loss, stats = obj(m(tokens, mask), torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert m.selector.scores.weight.grad.abs().sum() > 0
+    assert {"expected_l0", "lambda_selection", "expected_transitions", "lambda_lasso"} <= set(stats)
+    assert int(obj.selection_constraint.num_updates) == 1
+    # the expected L0 is the per-sequence mean of 1 - P0 over valid tokens
+    out = m(tokens, mask)
+    p_nonzero = 1 - out.dist.prob_zero()
+    per_seq = [(p_nonzero[i, : int(mask[i].sum())]).mean() for i in range(B)]
+    _, stats = obj.eval()(out, torch.tensor([0, 1, 2]))
+    assert stats["expected_l0"] == pytest.approx(float(torch.stack(per_seq).mean().detach()), rel=1e-5)
+
+
+def test_reinforce_objective_gives_selector_gradient():
+    tokens, mask = batch()
+    m = model(gate="bernoulli").train()
+    obj = RationaleObjective(ObjectiveConfig(sparsity_weight=1.0, sparsity_target=0.3, coherence_weight=0.5),
+                             "bernoulli").train()
+    loss, stats = obj(m(tokens, mask), torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert m.selector.scores.weight.grad.abs().sum() > 0
+    assert int(obj.baseline_updates) == 1 and "cost" in stats
+
+
+def test_regression_output_in_unit_interval():
+    tokens, mask = batch()
+    m = model(gate="hardkuma", task="regression").eval()
+    m.classifier.output = torch.nn.Linear(12, 1)
+    out = m(tokens, mask)
+    assert out.logits.shape == (B,) and torch.all((out.logits > 0) & (out.logits < 1))
