@@ -1,0 +1,159 @@
+"""HardKumaMultiheadAttention: no fused fast path, incremental == full decoding, masks, shapes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairseq.modules.multihead_attention import MultiheadAttention
+
+from fairseq_plugins.translation.hardkuma_multihead_attention import HardKumaMultiheadAttention
+from hardkuma_attention import collect_attention_stats
+
+E, H = 16, 2
+
+
+def causal(T):
+    return torch.triu(torch.full((T, T), float("-inf")), 1)
+
+
+@pytest.fixture
+def self_attn():
+    torch.manual_seed(0)
+    return HardKumaMultiheadAttention(E, H, self_attention=True, stats_key="decoder_self")
+
+
+@pytest.fixture
+def cross_attn():
+    torch.manual_seed(1)
+    return HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, stats_key="cross")
+
+
+def test_is_a_fairseq_multihead_attention(self_attn):
+    assert isinstance(self_attn, MultiheadAttention)
+    names = {n for n, _ in self_attn.named_parameters()}
+    assert names == {n for n, _ in MultiheadAttention(E, H, self_attention=True).named_parameters()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_fast_path_is_never_taken(monkeypatch, self_attn, cross_attn, training):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("fused attention path taken")
+
+    monkeypatch.setattr(F, "multi_head_attention_forward", forbidden)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", forbidden)
+    # the plain fairseq module does take it (so the patch is effective) ...
+    plain = MultiheadAttention(E, H, self_attention=True).train(training)
+    x = torch.randn(5, 3, E)
+    with pytest.raises(AssertionError, match="fused attention path"):
+        plain(x, x, x)
+    # ... the HardKuma one never does, and its weights contain exact zeros in training
+    torch.manual_seed(0)
+    x = torch.randn(30, 4, E)
+    for m in (self_attn.train(training), cross_attn.train(training)):
+        out, w = m(x, x, x, need_head_weights=True)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    if training:
+        assert (w == 0).any()
+
+
+def test_incremental_self_attention_matches_full_in_eval(self_attn):
+    self_attn.eval()
+    T, B = 7, 3
+    x = torch.randn(T, B, E)
+    full, w_full = self_attn(x, x, x, attn_mask=causal(T), need_head_weights=True)
+    state, outs = {}, []
+    for t in range(T):
+        o, w = self_attn(x[t : t + 1], x[t : t + 1], x[t : t + 1], incremental_state=state, need_head_weights=True)
+        assert torch.allclose(w[..., 0, :], w_full[..., t, : t + 1], atol=1e-6)
+        outs.append(o)
+    assert torch.allclose(torch.cat(outs), full, atol=1e-5)
+
+
+def test_beam_shared_cross_attention_and_cache(cross_attn):
+    cross_attn.eval()
+    S, B, beam, T = 6, 2, 3, 4
+    enc = torch.randn(S, B, E).repeat_interleave(beam, dim=1)
+    pad = torch.zeros(B, S, dtype=torch.bool)
+    pad[1, -2:] = True
+    pad = pad.repeat_interleave(beam, dim=0)
+    q = torch.randn(T, B * beam, E)
+    ref, w_ref = cross_attn(q, enc, enc, key_padding_mask=pad, static_kv=True)
+    cross_attn.set_beam_size(beam)
+    state = {}
+    out, w = cross_attn(q, enc, enc, key_padding_mask=pad, incremental_state=state, static_kv=True)
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(w, w_ref, atol=1e-6)
+    cached, _ = cross_attn(q, None, None, key_padding_mask=pad, incremental_state=state, static_kv=True)
+    assert torch.allclose(cached, ref, atol=1e-6)
+    # beam search reorders hypotheses within a sentence (cache untouched) ...
+    order = torch.tensor([2, 0, 1, 5, 3, 4])
+    cross_attn.reorder_incremental_state(state, order)
+    reordered, _ = cross_attn(q[:, order], None, None, key_padding_mask=pad[order], incremental_state=state, static_kv=True)
+    assert torch.allclose(reordered, ref[:, order], atol=1e-6)
+    # ... and drops finished sentences (cache shrinks to the remaining sentence)
+    keep = torch.tensor([3, 4, 5])
+    cross_attn.reorder_incremental_state(state, keep)
+    rest, _ = cross_attn(q[:, keep], None, None, key_padding_mask=pad[keep], incremental_state=state, static_kv=True)
+    assert torch.allclose(rest, ref[:, keep], atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_key_padding_gets_exact_zero_and_does_not_change_outputs(cross_attn, training):
+    cross_attn.train(training)
+    S, B, T = 5, 2, 3
+    enc, q = torch.randn(S, B, E), torch.randn(T, B, E)
+    padded = torch.cat([enc, torch.randn(2, B, E)])
+    pad = torch.zeros(B, S + 2, dtype=torch.bool)
+    pad[:, S:] = True
+    torch.manual_seed(3)
+    _, w = cross_attn(q, padded, padded, key_padding_mask=pad, need_head_weights=True)
+    assert (w[..., S:] == 0).all()
+    if not training:
+        out_pad, _ = cross_attn(q, padded, padded, key_padding_mask=pad)
+        out, _ = cross_attn(q, enc, enc)
+        assert torch.allclose(out_pad, out, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_kind", ["float", "bool", "fairseq_1e8"])
+def test_causal_mask_and_stats(self_attn, mask_kind):
+    T, B = 6, 2
+    x = torch.randn(T, B, E)
+    mask = {"float": causal(T), "bool": causal(T) != 0, "fairseq_1e8": (causal(T) != 0).float() * -1e8}[mask_kind]
+    with collect_attention_stats() as stats:
+        _, w = self_attn.train()(x, x, x, attn_mask=mask, need_head_weights=True)
+    assert (w.masked_select(torch.triu(torch.ones(T, T, dtype=torch.bool), 1)) == 0).all()
+    total = stats.total("decoder_self")
+    assert total is not None and stats.keys() == ["decoder_self"]
+    assert float(total.cells) == H * B * T * (T + 1) / 2
+    assert float(total.nonzero) == float((w != 0).sum())
+    assert 0 < float(total.expected_l0.detach()) < 1
+    total.expected_l0.backward()
+    assert self_attn.q_proj.weight.grad is not None and self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_need_weights_shapes_and_eval_determinism(cross_attn):
+    S, B, T = 4, 3, 5
+    enc, q = torch.randn(S, B, E), torch.randn(T, B, E)
+    cross_attn.eval()
+    o1, w_mean = cross_attn(q, enc, enc)
+    o2, w_heads = cross_attn(q, enc, enc, need_head_weights=True)
+    _, none = cross_attn(q, enc, enc, need_weights=False)
+    assert w_mean.shape == (B, T, S) and w_heads.shape == (H, B, T, S) and none is None
+    assert torch.equal(o1, o2) and torch.allclose(w_heads.mean(0), w_mean)
+    assert torch.allclose(w_mean.sum(-1)[w_mean.sum(-1) > 0], torch.ones(()))  # normalize="sum"
+    cross_attn.train()
+    torch.manual_seed(0)
+    a, _ = cross_attn(q, enc, enc)
+    b, _ = cross_attn(q, enc, enc)
+    assert not torch.equal(a, b)  # training samples gates
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="odd"):
+        HardKumaMultiheadAttention(6, 2, self_attention=True)
+    with pytest.raises(ValueError, match="normalize"):
+        HardKumaMultiheadAttention(E, H, self_attention=True, normalize="entmax")
+    m = HardKumaMultiheadAttention(E, H, self_attention=True)
+    x = torch.randn(3, 2, E)
+    with pytest.raises(ValueError, match="attn_mask of shape"):
+        m(x, x, x, attn_mask=torch.zeros(2, 2))
+    with pytest.raises(NotImplementedError):
+        m(x, x, x, before_softmax=True)
