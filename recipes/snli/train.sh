@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Step 3: train decomposable attention with softmax or HardKuma attention.
+#
+#   recipes/snli/train.sh softmax|hardkuma [extra fairseq-train args...]
+#
+# Env (defaults): SAVE_DIR ($SNLI_WORK/<attention>), SEED (1), MAX_EPOCH (10), MAX_UPDATE (0 = no cap),
+#   BATCH_SIZE (32), LR (0.001, Adam), DROPOUT (0.2), THREADS (1: torch threads),
+#   GLOVE (../shared/data/glove/glove.6B.50d.filtered.txt.gz when present; "none": train embeddings
+#   from scratch, EMBED_DIM then defaults to 300; any GloVe text file works, its size is read from it),
+#   HardKuma only: L0_TARGET (0.1), L0_LR (0.05: multiplier step; the paper's 0.01 is too slow
+#   for runs of a few thousand updates), L0_LAMBDA_INIT (1e-4), NORMALIZE (none | sum | softmax).
+# The log goes to $SAVE_DIR/train.log; the best checkpoint (dev accuracy) to $SAVE_DIR/checkpoint_best.pt.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+snli_activate
+attention="${1:-}"; shift || true
+case "$attention" in
+    softmax) arch=decomposable_attention; extra=() ;;
+    hardkuma) arch=decomposable_attention_hardkuma
+        extra=(--l0-target "${L0_TARGET:-0.1}" --l0-lagrange-lr "${L0_LR:-0.05}"
+               --l0-lambda-init "${L0_LAMBDA_INIT:-1e-4}" --attention-normalize "${NORMALIZE:-none}") ;;
+    *) snli_die "usage: $0 softmax|hardkuma [fairseq-train args]" ;;
+esac
+[ -f "$SNLI_BIN/dict.input0.txt" ] || snli_die "$SNLI_BIN/dict.input0.txt missing: run recipes/snli/preprocess.sh first"
+save="${SAVE_DIR:-$SNLI_WORK/$attention}"
+glove="${GLOVE:-}"
+if [ -z "$glove" ] && [ -f "$GLOVE_DEFAULT" ]; then glove="$GLOVE_DEFAULT"; fi
+emb=()
+if [ -n "$glove" ] && [ "$glove" != none ]; then
+    [ -f "$glove" ] || snli_die "GLOVE=$glove: no such file (official vectors: $GLOVE_URL)"
+    dim="$(python -c "import gzip,sys; f=sys.argv[1]; o=gzip.open if f.endswith('.gz') else open; print(len(o(f,'rt',encoding='utf-8').readline().split())-1)" "$glove")"
+    emb=(--embeddings-path "$glove" --embed-dim "${EMBED_DIM:-$dim}")
+else
+    emb=(--embed-dim "${EMBED_DIM:-300}")
+fi
+mkdir -p "$save"
+export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+fairseq-train "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" \
+    --task nli --arch "$arch" --criterion nli_cross_entropy "${extra[@]}" "${emb[@]}" \
+    --dropout "${DROPOUT:-0.2}" \
+    --optimizer adam --lr "${LR:-0.001}" --batch-size "${BATCH_SIZE:-32}" --required-batch-size-multiple 1 \
+    --max-epoch "${MAX_EPOCH:-10}" --max-update "${MAX_UPDATE:-0}" --seed "${SEED:-1}" \
+    --cpu --num-workers 0 --save-dir "$save" --no-epoch-checkpoints \
+    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
+    --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" 2>&1 \
+    | grep --line-buffered -v -e tensorboardX -e Warning -e "super().__init__" -e "autocast(" \
+    | tee "$save/train.log"
+test "${PIPESTATUS[0]}" -eq 0
