@@ -252,7 +252,7 @@ class HardKumaAttention(nn.Module):
         H, d = self.num_heads, self.head_dim
 
         def heads(x, n):  # (n, B, E) -> (B, H, n, d)
-            return x.reshape(n, B, H, -1).permute(1, 2, 0, 3)
+            return x.reshape(n, B, H, x.shape[-1] // H).permute(1, 2, 0, 3)
 
         q = heads(self.q_proj(query), T)
         k = heads(self.k_proj(key), S)
@@ -307,4 +307,4 @@ class HardKumaAttention(nn.Module):
             cells = torch.tensor(float(math.prod(shape)), device=weights.device)
         else:
             cells = valid.expand(shape).sum().to(torch.float32)
-        return AttentionStats(l0.float(), cells, nz.sum().to(torch.float32), self.stats_key)
+        return AttentionStats(l0, cells, nz.sum().to(torch.float32), self.stats_key)

@@ -77,12 +77,14 @@ class LagrangianConstraint(nn.Module):
         )
 
     def _apply(self, fn, recurse=True):
-        # Keep the controller state in float32 whatever dtype the model is cast to.
+        # Keep the controller state in float32 (exactly: no round trip through the new dtype)
+        # whatever dtype the model is cast to; device moves still apply.
+        kept = {name: self._buffers[name] for name in ("lagrange_multiplier", "moving_average")}
         super()._apply(fn, recurse)
-        for name in ("lagrange_multiplier", "moving_average"):
-            buf = getattr(self, name)
-            if buf.dtype != torch.float32:
-                setattr(self, name, buf.float())
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:
+                self._buffers[name] = old.to(device=new.device)
         return self
 
     @property

@@ -35,10 +35,22 @@ def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    r"""``log(1 - e^x)`` for ``x < 0``, accurate everywhere (Mächler 2012): ``log(-expm1(x))``
+    near 0, ``log1p(-exp(x))`` below ``-log 2``."""
+    cut = -math.log(2.0)
+    near = x > cut
+    # Evaluate each branch only where it is used (the other gets `cut`) so that no inf/NaN from the
+    # unused branch leaks into the gradient of torch.where.
+    x_near = torch.where(near, x, torch.full_like(x, cut))
+    x_far = torch.where(near, torch.full_like(x, cut), x)
+    return torch.where(near, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
+
+
 def log_one_minus_pow(log_x, a: torch.Tensor) -> torch.Tensor:
     r"""``log(1 - x^a)`` from ``log x`` (``x`` in (0, 1); a tensor or a float), accurate for tiny
     and large ``a``."""
-    return torch.log(-torch.expm1(a * log_x))
+    return log1mexp(a * log_x)
 
 
 def kuma_sample_from_uniform(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -47,7 +59,7 @@ def kuma_sample_from_uniform(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
     ``log(1-u)/b`` is formed with ``log1p``; ``1 - (1-u)^(1/b)`` with ``-expm1`` so that large ``b``
     (where ``(1-u)^(1/b)`` is within round-off of 1) keeps its relative precision.
     """
-    log_w = torch.log(-torch.expm1(torch.log1p(-u) / b))  # log(1 - (1-u)^(1/b))
+    log_w = log1mexp(torch.log1p(-u) / b)  # log(1 - (1-u)^(1/b))
     return torch.exp(log_w / a)
 
 
@@ -250,9 +262,9 @@ class HardKumaraswamy(Distribution):
         return out.expand(torch.broadcast_shapes(out.shape, a.shape, b.shape))
 
     def cdf(self, value):
-        r"""``P(Z <= z)``: 0 below 0, ``F_K((z - l)/(r - l))`` on [0, 1) (``P0`` at 0), 1 from 1."""
-        if self._validate_args:
-            self._validate_sample(value)
+        r"""``P(Z <= z)``: 0 below 0, ``F_K((z - l)/(r - l))`` on [0, 1) (``P0`` at 0), 1 from 1.
+
+        Defined for any real ``z`` (not validated against the support)."""
         k = ((value - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0)
         inner = self.kuma.cdf(k)
         one = torch.ones_like(inner)

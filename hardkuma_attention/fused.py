@@ -32,6 +32,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .distributions import log1mexp
+
 __all__ = ["ab_from_scores", "hardkuma_gates", "expected_l0_sum", "row_sum_or_one"]
 
 
@@ -113,13 +115,14 @@ class _ExpectedL0Sum(torch.autograd.Function):
         b = ab_from_scores(score_b, ab_clamp)
         log_k0 = math.log(-lo / (hi - lo))
         x = a * log_k0  # log k0^a  (< 0)
-        L = torch.log(-torch.expm1(x))  # log(1 - k0^a)
+        L = log1mexp(x)  # log(1 - k0^a)
         e = torch.exp(b * L)
         if valid is not None:
             e = e.masked_fill(~valid, 0.0)
         ctx.consts = (log_k0, ab_clamp)
         ctx.save_for_backward(score_a, score_b, valid)
-        return e.sum()
+        # accumulate in at least float32 (half / bfloat16 sums of many cells lose the target scale)
+        return e.sum(dtype=torch.promote_types(e.dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad):
@@ -128,17 +131,17 @@ class _ExpectedL0Sum(torch.autograd.Function):
         a, da_ds = _ab_and_grad(score_a, ab_clamp)
         b, db_ds = _ab_and_grad(score_b, ab_clamp)
         x = a * log_k0
-        L = torch.log(-torch.expm1(x))
+        L = log1mexp(x)
         e = torch.exp(b * L)
         if valid is not None:
             e = e.masked_fill_(~valid, 0.0)
-        e = e * grad
+        e = e * grad.to(e.dtype)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             # d(1-k0^a)^b/da = e * b * dL/da,  dL/da = -log k0 / expm1(-x)
-            grad_a = _sum_to(e * b * (-log_k0) / torch.expm1(-x) * da_ds, score_a.shape)
+            grad_a = _sum_to(e * b * (-log_k0) / torch.expm1(-x) * da_ds, score_a.shape).to(score_a.dtype)
         if ctx.needs_input_grad[1]:
-            grad_b = _sum_to(e * L * db_ds, score_b.shape)
+            grad_b = _sum_to(e * L * db_ds, score_b.shape).to(score_b.dtype)
         return grad_a, grad_b, None, None, None, None, None
 
 

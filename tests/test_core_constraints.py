@@ -1,0 +1,111 @@
+"""LagrangianConstraint: update rule, training-only updates, dtype handling, checkpointing."""
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hardkuma_attention import LagrangianConstraint
+
+
+def test_update_rule_matches_hand_computation():
+    c = LagrangianConstraint(target=0.1, alpha=0.9, lr=0.5, lambda_init=0.2)
+    lam, m = 0.2, 0.0
+    for measured in (0.6, 0.3, 0.05):
+        x = torch.tensor(measured, requires_grad=True)
+        pen = c(x)
+        cv = measured - 0.1
+        m = 0.9 * m + 0.1 * cv
+        lam = lam * math.exp(0.5 * m)
+        assert c.moving_average.item() == pytest.approx(m, rel=1e-6)
+        assert c.multiplier == pytest.approx(lam, rel=1e-6)
+        assert pen.item() == pytest.approx(lam * m, rel=1e-5)  # value of c_hat is the moving average
+        (g,) = torch.autograd.grad(pen, x)
+        assert g.item() == pytest.approx(lam, rel=1e-6)  # gradient of c, scaled by stopgrad(lambda)
+    assert int(c.num_updates) == 3
+
+
+def test_multiplier_is_clamped():
+    c = LagrangianConstraint(0.0, alpha=0.0, lr=100.0, lambda_init=1.0, lambda_max=3.0)
+    c(torch.tensor(1.0))
+    assert c.multiplier == pytest.approx(3.0)
+    c2 = LagrangianConstraint(1.0, alpha=0.0, lr=100.0, lambda_init=1.0, lambda_min=1e-3)
+    c2(torch.tensor(0.0))
+    assert c2.multiplier == pytest.approx(1e-3)
+
+
+def test_equality_constraint_can_change_sign():
+    c = LagrangianConstraint(0.5, alpha=0.0, lr=1.0, lambda_init=0.0, equality=True)
+    c(torch.tensor(0.0))
+    assert c.multiplier == pytest.approx(-0.5)
+
+
+def test_eval_mode_does_not_update():
+    c = LagrangianConstraint(0.1, lr=0.5)
+    c(torch.tensor(0.9))
+    state = {k: v.clone() for k, v in c.state_dict().items()}
+    c.eval()
+    pen = c(torch.tensor(0.9))
+    for k, v in c.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert torch.isfinite(pen)
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.double()])
+def test_state_stays_float32_through_casts(cast):
+    model = nn.Sequential(nn.Linear(3, 3))
+    model.constraint = LagrangianConstraint(0.1, lambda_init=0.123456789)
+    cast(model)
+    assert model.constraint.lagrange_multiplier.dtype == torch.float32
+    assert model.constraint.moving_average.dtype == torch.float32
+    assert model.constraint.multiplier == pytest.approx(0.123456789, rel=1e-7)
+    pen = model.constraint(torch.tensor(0.5, dtype=torch.float16))
+    assert pen.dtype == torch.float32
+
+
+def test_state_dict_round_trip():
+    c = LagrangianConstraint(0.2, lr=0.3)
+    for v in (0.9, 0.8, 0.7):
+        c(torch.tensor(v))
+    buf = io.BytesIO()
+    torch.save(c.state_dict(), buf)
+    buf.seek(0)
+    c2 = LagrangianConstraint(0.2, lr=0.3)
+    c2.load_state_dict(torch.load(buf, weights_only=True))
+    assert c2.multiplier == c.multiplier and torch.equal(c2.moving_average, c.moving_average)
+    assert int(c2.num_updates) == 3
+    x = torch.tensor(0.4)
+    assert torch.equal(c(x), c2(x))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        LagrangianConstraint(0.1, alpha=1.0)
+    with pytest.raises(ValueError, match="lambda"):
+        LagrangianConstraint(0.1, lambda_init=10.0, lambda_max=1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        LagrangianConstraint(0.1)(torch.ones(3))
+
+
+def test_drives_a_rate_to_its_target():
+    # The task wants the open rate at 0.8; the constraint holds it at <= 0.3.  The multiplicative
+    # multiplier update oscillates around the equilibrium (lambda* = 2 (0.8 - 0.3) = 1), so the
+    # time-averaged rate is what reaches the target.
+    torch.manual_seed(0)
+    theta = nn.Parameter(torch.zeros(50))
+    c = LagrangianConstraint(0.3, alpha=0.9, lr=0.5, lambda_init=0.01)
+    opt = torch.optim.SGD([theta], lr=0.5)
+    rates, lambdas = [], []
+    for _ in range(3000):
+        rate = torch.sigmoid(theta).mean()
+        loss = (rate - 0.8) ** 2 + c(rate)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rates.append(rate.item())
+        lambdas.append(c.multiplier)
+    tail = rates[1500:]
+    assert sum(tail) / len(tail) == pytest.approx(0.3, abs=0.03)
+    assert rates[0] > 0.45  # it started well above the target and was pulled down
+    assert min(lambdas[1500:]) < 1.0 < max(lambdas[1500:])
