@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import sys
 import time
 from pathlib import Path
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a rationale model (or a full-text baseline)")
     _add_data_args(t)
     t.add_argument("--train", required=True, help="training file")
-    t.add_argument("--dev", required=True, help="dev file (model selection)")
+    t.add_argument("--dev", default=None, help="dev file (model selection); or use --holdout")
+    t.add_argument("--holdout", type=int, default=0,
+                   help="without --dev: hold out N training examples (seeded shuffle) as the dev set")
     t.add_argument("--test", default=None, help="optional test file, evaluated with the best model")
     t.add_argument("--embeddings", default=None, help="GloVe-format text file (.txt/.gz); none: random, trained")
     t.add_argument("--embed-dim-random", type=int, default=50, help="embedding size without --embeddings")
@@ -158,7 +161,16 @@ def cmd_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    train_ex, dev_ex = _read(args, args.train), _read(args, args.dev)
+    train_ex = _read(args, args.train)
+    if args.dev:
+        dev_ex = _read(args, args.dev)
+    elif 0 < args.holdout < len(train_ex):
+        order = list(range(len(train_ex)))
+        random.Random(args.seed).shuffle(order)
+        dev_ex = [train_ex[i] for i in order[: args.holdout]]
+        train_ex = [train_ex[i] for i in sorted(order[args.holdout :])]
+    else:
+        raise SystemExit("train: give --dev, or --holdout N with 0 < N < number of training examples")
     test_ex = _read(args, args.test) if args.test else None
     task = "regression" if (args.regression or args.format.startswith("beer")) else "classification"
     labels = LabelMap.from_examples(train_ex, task)
@@ -191,7 +203,7 @@ def cmd_train(args) -> int:
     results = {
         "name": args.name or out_dir.name,
         "command": " ".join(sys.argv),
-        "data": {"format": args.format, "train": args.train, "dev": args.dev, "test": args.test,
+        "data": {"format": args.format, "train": args.train, "dev": args.dev or f"{args.holdout} held out of --train", "test": args.test,
                  "n_train": len(train_ex), "n_dev": len(dev_ex), "n_test": len(test_ex) if test_ex else 0,
                  "embeddings": args.embeddings, "embed_dim": embed_dim, "vocab_size": len(vocab)},
         "model_config": dataclasses.asdict(mcfg),

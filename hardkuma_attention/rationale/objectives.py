@@ -7,7 +7,7 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
     trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
     loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
 
-with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
+(the transition constraint is always the inequality ``trans <= lasso``), with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
 constraints that are set: ``selection`` / ``lasso`` None means "off").
 
 Bernoulli gates, REINFORCE (Lei et al. 2016), per example ``i``::
@@ -46,17 +46,21 @@ __all__ = ["ObjectiveConfig", "RationaleObjective", "task_loss", "selection_rate
 class ObjectiveConfig:
     """Loss settings.  ``selection``/``lasso``: HardKuma targets (None = no constraint).
 
-    Lagrangian defaults are chosen for short CPU runs (a few thousand updates): the paper's
-    ``lagrange_lr = 0.01`` with ``lambda_init = 1e-4`` needs ~2k updates before lambda matters.
+    Lagrangian defaults: ``equality=True`` (the core's additive update, lambda may turn negative)
+    with ``lagrange_lr = 0.01`` and ``lambda_init = 0``.  With the paper's inequality form the
+    multiplier only ever pushes the selection *down*; on SST a fast multiplier (lr 0.05) drove every
+    gate to exactly 0, where the task loss has no gradient, and the run never recovered.  The
+    equality form pulls the expected L0 back up when it falls below the target.
+    ``lambda_init=None`` means 0 for equality constraints and 1e-3 for inequality ones.
     """
 
     selection: Optional[float] = None
     lasso: Optional[float] = None
-    lagrange_lr: float = 0.05
+    lagrange_lr: float = 0.01
     lagrange_alpha: float = 0.99
-    lambda_init: float = 1e-3
+    lambda_init: Optional[float] = None
     lambda_max: float = 5.0
-    equality: bool = False
+    equality: bool = True
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.0
     coherence_weight: float = 0.0
@@ -94,13 +98,16 @@ class RationaleObjective(nn.Module):
         super().__init__()
         self.config, self.gate, self.task = config, gate, task
         c = config
-        kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=c.lambda_init,
+        lambda_init = c.lambda_init if c.lambda_init is not None else (0.0 if c.equality else 1e-3)
+        kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=lambda_init,
                       lambda_max=c.lambda_max, equality=c.equality)
         self.selection_constraint = (
             LagrangianConstraint(c.selection, **kwargs) if gate == "hardkuma" and c.selection is not None else None
         )
+        # The transition rate is an upper bound (contiguity), always an inequality constraint.
+        lasso_kwargs = dict(kwargs, equality=False, lambda_init=lambda_init if lambda_init > 0 else 1e-3)
         self.lasso_constraint = (
-            LagrangianConstraint(c.lasso, **kwargs) if gate == "hardkuma" and c.lasso is not None else None
+            LagrangianConstraint(c.lasso, **lasso_kwargs) if gate == "hardkuma" and c.lasso is not None else None
         )
         self.register_buffer("reinforce_baseline", torch.tensor(0.0))
         self.register_buffer("baseline_updates", torch.tensor(0, dtype=torch.long))

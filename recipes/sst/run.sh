@@ -12,6 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 OUT="${OUT:-$ROOT/runs/sst}"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 PARALLEL="${PARALLEL:-3}"
 MAX_MINUTES="${MAX_MINUTES:-14}"
 EPOCHS="${EPOCHS:-30}"
@@ -24,11 +25,14 @@ COMMON=(--format sst --train "$DATA_DIR/sst/train.txt" --dev "$DATA_DIR/sst/dev.
         --test "$DATA_DIR/sst/test.txt" --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz"
         --epochs "$EPOCHS" --batch-size 25 --lr 1e-3 --weight-decay 1e-5 --hidden-size 150 --dropout 0.5
         --eval-every 171 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
+# Equality constraint (lambda may turn negative), additive update: with the inequality form and a
+# fast multiplier the gates collapsed to all-zero on SST and could not recover (see README).
+LAGRANGE="--equality --lagrange-lr 0.01 --lambda-init 0"
 declare -A RUNS=(
   [fulltext]="--gate none"
-  [hardkuma_0.1]="--gate hardkuma --selection 0.1"
-  [hardkuma_0.3]="--gate hardkuma --selection 0.3"
-  [hardkuma_0.5]="--gate hardkuma --selection 0.5"
+  [hardkuma_0.1]="--gate hardkuma --selection 0.1 $LAGRANGE"
+  [hardkuma_0.3]="--gate hardkuma --selection 0.3 $LAGRANGE"
+  [hardkuma_0.5]="--gate hardkuma --selection 0.5 $LAGRANGE"
   [bernoulli_0.1]="--gate bernoulli --sparsity-target 0.1 --sparsity-weight 1.0"
   [bernoulli_0.3]="--gate bernoulli --sparsity-target 0.3 --sparsity-weight 1.0"
   [bernoulli_0.5]="--gate bernoulli --sparsity-target 0.5 --sparsity-weight 1.0"
