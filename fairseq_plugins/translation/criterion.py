@@ -9,10 +9,7 @@ this module only adds fairseq's label-smoothed loss (:func:`label_smoothed_nll_l
 ``logging_output["loss"]`` stays the task loss so train/valid losses and perplexities compare
 with the softmax baseline; the penalty is logged as ``l0_penalty``.
 """
-from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 
 from fairseq import utils
@@ -28,18 +25,6 @@ from ..common import LagrangianL0, LagrangianL0Config, LagrangianL0Criterion
 __all__ = ["LabelSmoothedCrossEntropyL0Config", "LabelSmoothedCrossEntropyL0Criterion"]
 
 
-def _resolve_field_types(cls):
-    """fairseq's argparse generator needs real types on dataclass fields; a config declared under
-    ``from __future__ import annotations`` carries strings ("field should be a type").  Replace
-    them by the resolved types (a no-op for fields that already carry types)."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if isinstance(f.type, str):
-            f.type = hints[f.name]
-    return cls
-
-
-@_resolve_field_types
 @dataclass
 class LabelSmoothedCrossEntropyL0Config(LabelSmoothedCrossEntropyCriterionConfig, LagrangianL0Config):
     pass

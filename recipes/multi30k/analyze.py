@@ -1,0 +1,159 @@
+r"""Look inside a trained Multi30k model: attention sparsity and a cross-attention heatmap.
+
+    python recipes/multi30k/analyze.py sparsity --data-bin DIR --path CKPT [--subset test] [--json OUT]
+        Teacher-forced pass over the references of a split, one sentence pair at a time (so no
+        padding enters the counts), in eval mode (deterministic HardKuma gates).  Prints, per
+        attention type (encoder_self / decoder_self / cross), the % of valid attention cells
+        (all layers and heads) whose weight is exactly non-zero and the expected L0.
+    python recipes/multi30k/analyze.py heatmap --data-bin DIR --path CKPT --index 0 --out PNG
+        Translates sentence ``index`` of the split with beam search, then draws the cross-attention
+        of the last decoder layer (each head and their mean) over the generated tokens.
+
+Models are loaded with ``fairseq.checkpoint_utils`` after importing ``fairseq_plugins`` (which
+sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so fairseq checkpoints load on torch >= 2.6).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import fairseq_plugins  # noqa: E402,F401  (registers the model; checkpoint loading on torch >= 2.6)
+from hardkuma_attention import collect_attention_stats  # noqa: E402
+
+
+def load(data_bin: Path, path: Path, subset: str):
+    """(model in eval mode, task with ``subset`` loaded)."""
+    from fairseq import checkpoint_utils
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--path {path}: no such checkpoint")
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(path)], arg_overrides={"data": str(data_bin)}
+    )
+    task.load_dataset(subset)
+    model = models[0].eval()
+    return model, task
+
+
+@torch.no_grad()
+def sparsity(model, task, subset: str, limit: int = 0) -> Dict[str, Dict[str, float]]:
+    """Per stats key: ``nonzero_pct`` (exact non-zero weights / valid cells, in %), ``expected_l0``
+    and ``cells``; key ``"all"`` sums every HardKuma attention.  Empty for a softmax model."""
+    dataset = task.dataset(subset)
+    n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    sums = defaultdict(lambda: [0.0, 0.0, 0.0])  # key -> [l0_sum, cells, nonzero]
+    for i in range(n):
+        sample = dataset.collater([dataset[i]])
+        with collect_attention_stats() as stats:
+            model(**sample["net_input"])
+        for key in stats.keys() + ["all"]:
+            total = stats.total(None if key == "all" else key)
+            if total is None:
+                continue
+            acc = sums[key]
+            acc[0] += float(total.l0_sum)
+            acc[1] += float(total.cells)
+            acc[2] += float(total.nonzero)
+    return {
+        key: {"nonzero_pct": 100.0 * nz / cells, "expected_l0": l0 / cells, "cells": cells}
+        for key, (l0, cells, nz) in sorted(sums.items())
+        if cells > 0
+    }
+
+
+@torch.no_grad()
+def cross_attention_of_translation(model, task, subset: str, index: int, beam: int = 5):
+    """Translate sentence ``index`` and return ``(src_tokens, hyp_tokens, weights (H, T, S))``."""
+    from argparse import Namespace
+
+    dataset = task.dataset(subset)
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"--index {index} out of range: {subset} has {len(dataset)} sentences")
+    sample = dataset.collater([dataset[index]])
+    generator = task.build_generator([model], Namespace(beam=beam, max_len_b=200))
+    hyp = task.inference_step(generator, [model], sample)[0][0]["tokens"]  # ends with </s>
+    eos = task.target_dictionary.eos()
+    prev = torch.cat([hyp.new_tensor([eos]), hyp[:-1]]).unsqueeze(0)
+    captured = {}
+    layer = model.decoder.layers[-1].encoder_attn
+    handle = layer.register_forward_hook(lambda mod, inp, out: captured.__setitem__("w", out[1]))
+    try:
+        net_input = sample["net_input"]
+        model(net_input["src_tokens"], net_input["src_lengths"], prev)
+    finally:
+        handle.remove()
+    weights = captured["w"]  # (H, 1, T, S): the decoder asks its last layer for per-head weights
+    src = [task.source_dictionary[t] for t in net_input["src_tokens"][0].tolist()]
+    tgt = [task.target_dictionary[t] for t in hyp.tolist()]
+    return src, tgt, weights[:, 0].float()
+
+
+def draw_heatmap(src, tgt, weights: torch.Tensor, out: Path, title: str) -> None:
+    """One panel per head plus the head mean; rows = generated tokens, columns = source tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(weights) + [weights.mean(0)]
+    names = [f"head {h}" for h in range(weights.size(0))] + ["mean"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 0.22 * len(tgt) + 2.2))
+    for ax, w, name in zip(axes, panels, names):
+        im = ax.imshow(w.numpy(), vmin=0.0, vmax=1.0, cmap="Greys", aspect="auto")
+        ax.set_xticks(range(len(src)), src, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(tgt)), tgt if ax is axes[0] else [""] * len(tgt), fontsize=6)
+        ax.set_title(f"{name}: {100.0 * float((w > 0).float().mean()):.0f}% > 0", fontsize=8)
+    fig.colorbar(im, ax=list(axes), fraction=0.02)
+    fig.suptitle(title, fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("sparsity", "heatmap"):
+        p = sub.add_parser(name)
+        p.add_argument("--data-bin", type=Path, required=True)
+        p.add_argument("--path", type=Path, required=True, help="checkpoint file")
+        p.add_argument("--subset", default="test")
+        if name == "sparsity":
+            p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0: all)")
+            p.add_argument("--json", type=Path, help="also write the numbers here")
+        else:
+            p.add_argument("--index", type=int, default=0)
+            p.add_argument("--beam", type=int, default=5)
+            p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    model, task = load(args.data_bin, args.path, args.subset)
+    if args.cmd == "sparsity":
+        result = sparsity(model, task, args.subset, args.limit)
+        if not result:
+            print("no HardKuma attention in this model (softmax weights are all > 0: 100% non-zero)")
+        for key, r in result.items():
+            print(f"{key:13s} non-zero {r['nonzero_pct']:6.2f}%  expected L0 {r['expected_l0']:.4f}  cells {int(r['cells'])}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1))
+    else:
+        src, tgt, weights = cross_attention_of_translation(model, task, args.subset, args.index, args.beam)
+        draw_heatmap(src, tgt, weights, args.out, f"{args.subset} sentence {args.index}: last-layer cross-attention")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
