@@ -16,10 +16,15 @@ HardKuma gate per cell::
     score_b_ij = F_b(p_i) . F_b(h_j)      b_ij = clamp(softplus(score_b_ij), ab_clamp)
     z_ij ~ HardKuma(a_ij, b_ij)  (training: reparameterised sample; eval: deterministic gate)
 
-and ``W^{p->h} = N(z)``, ``W^{h->p} = N(z^T)`` with the normalisation ``N`` of the core
+(``mlp="separate"``, the paper: F_a and F_b are two independent 2-layer MLPs, computed with one
+GEMM for both first layers; ``mlp="shared"``: F_a and F_b share their first layer and differ in
+the second, one layer cheaper) and ``W^{p->h} = N(z)``, ``W^{h->p} = N(z^T)`` with the normalisation ``N`` of the core
 (``"none"``: raw gates in [0, 1], the paper; ``"sum"``: divided by the row sum; ``"softmax"``:
 ``z * softmax(score_a)`` renormalised).  The expected L0 ``sum_valid P(z_ij != 0)`` and the number
 of exactly non-zero gates are reported to :func:`hardkuma_attention.collect_attention_stats`.
+
+Every MLP runs once over the words of both sentences (concatenated along time) rather than once
+per sentence: the same values with half the kernel launches.
 
 Shapes: ``p`` (B, P, D), ``h`` (B, H, D), ``mask`` (B, P, H) bool (True = both words real).
 """
@@ -36,9 +41,10 @@ from hardkuma_attention.functional import NORMALIZE_MODES, hardkuma_weights_from
 from hardkuma_attention.fused import expected_l0_sum
 from hardkuma_attention.stats import report_stats, stats_requested
 
-__all__ = ["FeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY"]
+__all__ = ["FeedForward", "TwinFeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY", "ATTEND_MLPS"]
 
 STATS_KEY = "nli"
+ATTEND_MLPS = ("separate", "shared")
 
 
 class FeedForward(nn.Sequential):
@@ -49,6 +55,36 @@ class FeedForward(nn.Sequential):
             nn.Dropout(dropout), nn.Linear(in_dim, hidden_dim), nn.ReLU(),
             nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
         )
+
+
+class TwinFeedForward(nn.Module):
+    """Two 2-layer ReLU MLPs ``F_a``, ``F_b`` on the same input: (..., in) -> two (..., hidden).
+
+    ``shared=False``: independent MLPs (their first layers stacked into one ``Linear(in, 2 hidden)``,
+    which is the same function as two separate layers; the input dropout mask is common to both).
+    ``shared=True``: one common first layer, two second layers.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, dropout: float, shared: bool = False):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.shared = shared
+        self.dropout = nn.Dropout(dropout)
+        self.first = nn.Linear(in_dim, hidden_dim if shared else 2 * hidden_dim)
+        self.second_a = nn.Linear(hidden_dim, hidden_dim)
+        self.second_b = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.dropout(torch.relu(self.first(self.dropout(x))))
+        if self.shared:
+            h_a = h_b = hidden
+        else:
+            h_a, h_b = hidden.split(self.hidden_dim, dim=-1)
+        return torch.relu(self.second_a(h_a)), torch.relu(self.second_b(h_b))
+
+
+def _split_time(x: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return x[:, :n], x[:, n:]
 
 
 class Alignment(NamedTuple):
@@ -76,7 +112,8 @@ class SoftmaxAttend(nn.Module):
         self.f = FeedForward(dim, hidden_dim, dropout)
 
     def forward(self, p: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> Alignment:
-        e = torch.bmm(self.f(p), self.f(h).transpose(1, 2))  # (B, P, H)
+        fp, fh = _split_time(self.f(torch.cat([p, h], dim=1)), p.size(1))
+        e = torch.bmm(fp, fh.transpose(1, 2))  # (B, P, H)
         to_h = _masked_softmax(e, mask)
         to_p = _masked_softmax(e.transpose(1, 2), mask.transpose(1, 2))
         return Alignment(to_h, to_p, to_h)
@@ -94,14 +131,16 @@ class HardKumaAttend(nn.Module):
         support: Tuple[float, float] = DEFAULT_SUPPORT,
         ab_clamp: Tuple[float, float] = (1e-3, 100.0),
         stats_key: str = STATS_KEY,
+        mlp: str = "separate",
     ):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if mlp not in ATTEND_MLPS:
+            raise ValueError(f"mlp must be one of {ATTEND_MLPS}, got {mlp!r}")
         if not support[0] < 0 < 1 < support[1]:
             raise ValueError(f"HardKuma support must satisfy l < 0 < 1 < r, got {support}")
-        self.f_a = FeedForward(dim, hidden_dim, dropout)
-        self.f_b = FeedForward(dim, hidden_dim, dropout)
+        self.f_ab = TwinFeedForward(dim, hidden_dim, dropout, shared=(mlp == "shared"))
         self.normalize = normalize
         self.support = (float(support[0]), float(support[1]))
         self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
@@ -112,9 +151,10 @@ class HardKumaAttend(nn.Module):
 
     def scores(self, p: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(score_a, score_b)``, each (B, P, H)."""
-        score_a = torch.bmm(self.f_a(p), self.f_a(h).transpose(1, 2))
-        score_b = torch.bmm(self.f_b(p), self.f_b(h).transpose(1, 2))
-        return score_a, score_b
+        fa, fb = self.f_ab(torch.cat([p, h], dim=1))
+        fa_p, fa_h = _split_time(fa, p.size(1))
+        fb_p, fb_h = _split_time(fb, p.size(1))
+        return torch.bmm(fa_p, fa_h.transpose(1, 2)), torch.bmm(fb_p, fb_h.transpose(1, 2))
 
     def forward(self, p: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> Alignment:
         score_a, score_b = self.scores(p, h)

@@ -48,6 +48,10 @@ class DecomposableAttentionConfig(FairseqDataclass):
     train_embeddings: bool = field(
         default=False, metadata={"help": "fine-tune pretrained embeddings (default: frozen, as Parikh et al.)"}
     )
+    hardkuma_attend_mlp: ChoiceEnum(["separate", "shared"]) = field(
+        default="separate",
+        metadata={"help": "F_a, F_b: two separate 2-layer MLPs (paper) or a shared first layer (cheaper)"},
+    )
     hardkuma_support: str = field(default="-0.1,1.1", metadata={"help": "HardKuma stretch interval l,r"})
     hardkuma_ab_clamp: str = field(default="0.001,100", metadata={"help": "bounds of a and b: min,max"})
 
@@ -75,6 +79,7 @@ class DecomposableAttentionModel(BaseFairseqModel):
                 d, d, cfg.dropout, normalize=str(cfg.attention_normalize),
                 support=_pair(cfg.hardkuma_support, "hardkuma_support"),
                 ab_clamp=_pair(cfg.hardkuma_ab_clamp, "hardkuma_ab_clamp"),
+                mlp=str(cfg.hardkuma_attend_mlp),
             )
         else:
             self.attend = SoftmaxAttend(d, d, cfg.dropout)
@@ -112,8 +117,10 @@ class DecomposableAttentionModel(BaseFairseqModel):
         align = self.attend(p, h, cell_mask)
         beta = torch.bmm(align.to_hypothesis, h)  # (B, P, D)
         alpha = torch.bmm(align.to_premise, p)  # (B, H, D)
-        v1 = self.compare(torch.cat([p, beta], dim=-1)) * p_mask.unsqueeze(-1).to(p.dtype)
-        v2 = self.compare(torch.cat([h, alpha], dim=-1)) * h_mask.unsqueeze(-1).to(h.dtype)
+        # G over the words of both sentences in one call (concatenated along time).
+        compared = self.compare(torch.cat([torch.cat([p, beta], -1), torch.cat([h, alpha], -1)], dim=1))
+        compared = compared * torch.cat([p_mask, h_mask], dim=1).unsqueeze(-1).to(compared.dtype)
+        v1, v2 = compared[:, : p.size(1)], compared[:, p.size(1):]
         logits = self.classifier(self.aggregate(torch.cat([v1.sum(1), v2.sum(1)], dim=-1)))
         return logits, {"attn": align.matrix, "premise_mask": p_mask, "hypothesis_mask": h_mask}
 

@@ -44,8 +44,10 @@ train_s=$(( $(date +%s) - t0 ))
 
 declare -A acc nz wps
 for att in softmax hardkuma; do
-    read -r a n _ < <(recipes/snli/evaluate.sh "$SNLI_WORK/$att/checkpoint_best.pt" valid | tr ' ' '\n' | cut -d= -f2 | tr '\n' ' ')
-    acc[$att]=$a; nz[$att]=$n
+    line="$(recipes/snli/evaluate.sh "$SNLI_WORK/$att/checkpoint_best.pt" valid)"
+    echo "[run] $att: $line"
+    acc[$att]="$(sed -n 's/.*accuracy=\([^ ]*\).*/\1/p' <<< "$line")"
+    nz[$att]="$(sed -n 's/.*nonzero=\([^ ]*\).*/\1/p' <<< "$line")"
     wps[$att]=$(python recipes/snli/parse_log.py train "$SNLI_WORK/$att/train.log" | sed 's/ .*//; s/.*=//')
 done
 python recipes/snli/heatmap.py "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \

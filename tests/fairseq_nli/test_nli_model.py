@@ -162,7 +162,7 @@ def test_criterion_logs_accuracy_l0_nonzero_lambda_and_updates_lambda_in_trainin
     assert size == 2
     assert loss.item() > float(log["loss"])  # the penalty is in the optimised loss, not in the logged CE
     loss.backward()
-    assert model.attend.f_b[1].weight.grad is not None  # gradients reach the b-scores (via the L0 term)
+    assert model.attend.f_ab.second_b.weight.grad is not None  # gradients reach the b-scores (via the L0 term)
     lam_after_train = crit.l0.multiplier
     assert lam_after_train > 1e-4
     model.eval(), crit.eval()
