@@ -6,6 +6,7 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
     L0        = mean_i  mean_{t in m_i} (1 - P(z_it = 0))         core ``functional.expected_l0``
     trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
     loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
+                (task only during the first ``constraint_warmup`` updates)
 
 (the transition constraint is always the inequality ``trans <= lasso``), with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
 constraints that are set: ``selection`` / ``lasso`` None means "off").
@@ -52,6 +53,11 @@ class ObjectiveConfig:
     gate to exactly 0, where the task loss has no gradient, and the run never recovered.  The
     equality form pulls the expected L0 back up when it falls below the target.
     ``lambda_init=None`` means 0 for equality constraints and 1e-3 for inequality ones.
+
+    ``constraint_warmup``: the first N training updates use the task loss only (the multipliers
+    do not move), so the classifier learns from the full text before the selection pressure starts.
+    Without it the constraint acts while the classifier still predicts the majority class, the
+    selector gets no useful task gradient and every gate is switched off uniformly.
     """
 
     selection: Optional[float] = None
@@ -65,6 +71,7 @@ class ObjectiveConfig:
     sparsity_target: float = 0.0
     coherence_weight: float = 0.0
     baseline_decay: float = 0.95
+    constraint_warmup: int = 0
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
@@ -111,6 +118,7 @@ class RationaleObjective(nn.Module):
         )
         self.register_buffer("reinforce_baseline", torch.tensor(0.0))
         self.register_buffer("baseline_updates", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
 
     def forward(self, out: RationaleOutput, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         mask = out.mask
@@ -119,13 +127,16 @@ class RationaleObjective(nn.Module):
         rate = selection_rate(out.z, mask)
         stats = {"task_loss": float(task.detach()), "selected": float(rate.mean())}
         loss = task
+        if self.training:
+            self.updates.add_(1)
+        warm = int(self.updates) > self.config.constraint_warmup or not self.training
         if self.gate == "hardkuma" and out.dist is not None:
             l0 = expected_l0(out.dist, mask, dim=-1).mean()
             stats["expected_l0"] = float(l0.detach())
-            if self.selection_constraint is not None:
+            if self.selection_constraint is not None and warm:
                 loss = loss + self.selection_constraint(l0)
                 stats["lambda_selection"] = self.selection_constraint.multiplier
-            if self.lasso_constraint is not None:
+            if self.lasso_constraint is not None and warm:
                 trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)
                 loss = loss + self.lasso_constraint(trans)
                 stats["expected_transitions"] = float(trans.detach())

@@ -26,8 +26,9 @@ COMMON=(--format sst --train "$DATA_DIR/sst/train.txt" --dev "$DATA_DIR/sst/dev.
         --epochs "$EPOCHS" --batch-size 25 --lr 1e-3 --weight-decay 1e-5 --hidden-size 150 --dropout 0.5
         --eval-every 171 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
 # Equality constraint (lambda may turn negative), additive update: with the inequality form and a
-# fast multiplier the gates collapsed to all-zero on SST and could not recover (see README).
-LAGRANGE="--equality --lagrange-lr 0.01 --lambda-init 0"
+# fast multiplier the gates collapsed to all-zero on SST and could not recover (see README);
+# the warm-up (one epoch, 342 updates) lets the classifier learn from the full text first.
+LAGRANGE="--equality --lagrange-lr 0.01 --lambda-init 0 --constraint-warmup 342"
 declare -A RUNS=(
   [fulltext]="--gate none"
   [hardkuma_0.1]="--gate hardkuma --selection 0.1 $LAGRANGE"

@@ -118,3 +118,14 @@ def test_regression_output_in_unit_interval():
     m.classifier.output = torch.nn.Linear(12, 1)
     out = m(tokens, mask)
     assert out.logits.shape == (B,) and torch.all((out.logits > 0) & (out.logits < 1))
+
+
+def test_constraint_warmup_keeps_multiplier_still():
+    tokens, mask = batch()
+    m = model(gate="hardkuma").train()
+    obj = RationaleObjective(ObjectiveConfig(selection=0.2, constraint_warmup=2), "hardkuma").train()
+    y = torch.tensor([0, 1, 2])
+    for expected_updates in [0, 0, 1, 2]:
+        loss, stats = obj(m(tokens, mask), y)
+        assert int(obj.selection_constraint.num_updates) == expected_updates
+    assert "lambda_selection" in stats and obj.selection_constraint.equality  # equality is the default
