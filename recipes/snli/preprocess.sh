@@ -12,9 +12,13 @@ snli_activate
 prefs=(--trainpref "$SNLI_TEXT/train" --validpref "$SNLI_TEXT/valid")
 [ -f "$SNLI_TEXT/test.input0" ] && prefs+=(--testpref "$SNLI_TEXT/test")
 rm -rf "$SNLI_BIN.tmp"
+mkdir -p "$SNLI_BIN.tmp"
+log="$SNLI_BIN.tmp/preprocess.out"
 fairseq-preprocess --source-lang input0 --target-lang input1 --joined-dictionary \
-    "${prefs[@]}" --destdir "$SNLI_BIN.tmp" --workers "${WORKERS:-1}" --log-format simple >/dev/null
+    "${prefs[@]}" --destdir "$SNLI_BIN.tmp" --workers "${WORKERS:-1}" > "$log" 2>&1 \
+    || { cat "$log" >&2; snli_die "fairseq-preprocess (sentences) failed"; }
 fairseq-preprocess --only-source --source-lang label --padding-factor 1 \
-    "${prefs[@]}" --destdir "$SNLI_BIN.tmp" --workers 1 --log-format simple >/dev/null
+    "${prefs[@]}" --destdir "$SNLI_BIN.tmp" --workers 1 >> "$log" 2>&1 \
+    || { cat "$log" >&2; snli_die "fairseq-preprocess (labels) failed"; }
 rm -rf "$SNLI_BIN" && mv "$SNLI_BIN.tmp" "$SNLI_BIN"
 echo "[preprocess] $(($(wc -l < "$SNLI_BIN/dict.input0.txt"))) word types, labels: $(cut -d' ' -f1 "$SNLI_BIN/dict.label.txt" | tr '\n' ' ')-> $SNLI_BIN"

@@ -12,6 +12,8 @@
 #   PARALLEL      1                  train both models at the same time, one torch thread each
 #                                    (2 cores; words/s of the two then compare under equal load)
 #   SEED          1
+#   HARDKUMA_ARGS ""                 extra fairseq-train args of the HardKuma model only,
+#                                    e.g. "--hardkuma-attend-mlp shared" or "--attention-normalize sum"
 # Train on a reduced training set: report the numbers as such, never as "SNLI" results.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,15 +32,14 @@ echo "[run] training softmax and hardkuma (MAX_EPOCH=$MAX_EPOCH${MAX_UPDATE:+, M
 t0=$(date +%s)
 if [ "${PARALLEL:-1}" = 1 ]; then
     THREADS=1 SAVE_DIR="$SNLI_WORK/softmax" recipes/snli/train.sh softmax > /dev/null & pid_s=$!
-    THREADS=1 SAVE_DIR="$SNLI_WORK/hardkuma" recipes/snli/train.sh hardkuma > /dev/null & pid_h=$!
+    THREADS=1 SAVE_DIR="$SNLI_WORK/hardkuma" recipes/snli/train.sh hardkuma ${HARDKUMA_ARGS:-} > /dev/null & pid_h=$!
     status=0
     wait "$pid_s" || status=$?
     wait "$pid_h" || status=$?
     [ "$status" = 0 ] || snli_die "training failed: see $SNLI_WORK/{softmax,hardkuma}/train.log"
 else
-    for att in softmax hardkuma; do
-        SAVE_DIR="$SNLI_WORK/$att" recipes/snli/train.sh "$att" > /dev/null
-    done
+    SAVE_DIR="$SNLI_WORK/softmax" recipes/snli/train.sh softmax > /dev/null
+    SAVE_DIR="$SNLI_WORK/hardkuma" recipes/snli/train.sh hardkuma ${HARDKUMA_ARGS:-} > /dev/null
 fi
 train_s=$(( $(date +%s) - t0 ))
 
@@ -57,7 +58,7 @@ ntrain=$(wc -l < "$SNLI_TEXT/train.label"); ndev=$(wc -l < "$SNLI_TEXT/valid.lab
 ratio=$(python -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "${wps[hardkuma]}" "${wps[softmax]}")
 summary="$SNLI_WORK/summary.md"
 {
-    echo "Reduced training set: $ntrain SNLI train pairs, evaluated on SNLI dev ($ndev pairs); seed $SEED, $MAX_EPOCH epochs max; training took ${train_s}s wall (PARALLEL=${PARALLEL:-1})."
+    echo "Reduced training set: $ntrain SNLI train pairs, evaluated on SNLI dev ($ndev pairs); seed $SEED, $MAX_EPOCH epochs max; training took ${train_s}s wall (PARALLEL=${PARALLEL:-1}); HARDKUMA_ARGS='${HARDKUMA_ARGS:-}'."
     echo
     echo "| attention | dev accuracy (%) | non-zero attention cells (%) | training words/s |"
     echo "|---|---|---|---|"
