@@ -24,7 +24,7 @@ def load_pair(args):
     if args.premise is not None:
         if args.hypothesis is None:
             raise SystemExit("error: --premise needs --hypothesis")
-        return " ".join(tokenize(args.premise)), " ".join(tokenize(args.hypothesis))
+        return " ".join(tokenize(args.premise)), " ".join(tokenize(args.hypothesis)), None
     base = os.path.join(args.text, args.split)
     pair = []
     for ext in ("input0", "input1"):
@@ -36,7 +36,12 @@ def load_pair(args):
         if not 0 <= args.index < len(lines):
             raise SystemExit(f"error: --index {args.index} out of range: {path} has {len(lines)} lines")
         pair.append(lines[args.index])
-    return pair[0], pair[1]
+    gold = None
+    if os.path.isfile(f"{base}.label"):
+        with open(f"{base}.label", encoding="utf-8") as f:
+            labels = f.read().splitlines()
+        gold = labels[args.index] if args.index < len(labels) else None
+    return pair[0], pair[1], gold
 
 
 def draw(pred, title: str, out: str) -> None:
@@ -51,7 +56,11 @@ def draw(pred, title: str, out: str) -> None:
     att = pred.attention.numpy()
     rows, cols = pred.premise_words, pred.hypothesis_words
     fig, ax = plt.subplots(figsize=(0.45 * len(cols) + 2.2, 0.38 * len(rows) + 1.6))
-    im = ax.imshow(att, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    import numpy as np
+
+    cmap = plt.get_cmap("Blues").copy()
+    cmap.set_bad("white")  # exact zeros (closed gates) are masked: pure white
+    im = ax.imshow(np.ma.masked_equal(att, 0.0), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=9)
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
     ax.set_xlabel("hypothesis")
@@ -84,7 +93,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
-    premise, hypothesis = load_pair(args)
+    premise, hypothesis, gold = load_pair(args)
 
     import torch
 
@@ -94,7 +103,10 @@ def main(argv=None) -> int:
     pred = NLIPredictor.from_checkpoint(args.checkpoint, args.data).predict(premise, hypothesis)
     nz = float((pred.attention != 0).float().mean())
     kind = "HardKuma gates" if (pred.attention == 0).any() else "attention weights"
-    title = args.title or f"{kind}: predicted {pred.label} ({100 * pred.probs[pred.label]:.0f}%), {100 * nz:.0f}% cells non-zero"
+    gold_text = f", gold {gold}" if gold else ""
+    title = args.title or (
+        f"{kind}: predicted {pred.label} ({100 * pred.probs[pred.label]:.0f}%){gold_text}, {100 * nz:.0f}% cells non-zero"
+    )
     draw(pred, title, args.out)
     print(f"label={pred.label} nonzero={100 * nz:.1f}% png={args.out}")
     return 0
