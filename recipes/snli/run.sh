@@ -52,7 +52,8 @@ for att in softmax hardkuma; do
     wps[$att]=$(python recipes/snli/parse_log.py train "$SNLI_WORK/$att/train.log" | sed 's/ .*//; s/.*=//')
 done
 python recipes/snli/heatmap.py "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \
-    --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-2}" --out "$SNLI_WORK/heatmap.png" > /dev/null
+    --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-2}" --out "$SNLI_WORK/heatmap.png" > "$SNLI_WORK/heatmap.log" 2>&1 \
+    || { cat "$SNLI_WORK/heatmap.log" >&2; snli_die "heatmap.py failed"; }
 
 ntrain=$(wc -l < "$SNLI_TEXT/train.label"); ndev=$(wc -l < "$SNLI_TEXT/valid.label")
 ratio=$(python -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "${wps[hardkuma]}" "${wps[softmax]}")
