@@ -30,7 +30,7 @@ from torch import nn
 
 from .distributions import DEFAULT_SUPPORT
 from .functional import NORMALIZE_MODES, hardkuma_weights_from_scores
-from .fused import expected_l0_sum
+from .fused import expected_l0_sum, hardkuma_attention_gates
 from .stats import AttentionStats, report_stats, stats_requested
 
 __all__ = ["HardKumaAttention", "MASKED_SCORE"]
@@ -58,6 +58,12 @@ class HardKumaAttention(nn.Module):
         ab_clamp: bounds of ``a`` and ``b``.
         parameterization: "split" or "separate" (see the module docstring).
         stats_key: label put on the :class:`AttentionStats` this module produces.
+        compile: run the fused gate kernels through ``torch.compile`` (much faster on large
+            maps; a one-off compilation of tens of seconds, needs a C++ compiler).
+
+    In training (``normalize`` "none" or "sum") the gates come from
+    :func:`hardkuma_attention.fused.hardkuma_attention_gates`, which keeps only the per-head
+    queries/keys and the weights for the backward pass and recomputes the score maps.
 
     ``forward`` mirrors ``nn.MultiheadAttention.forward`` and returns ``(attn_output,
     attn_weights)``; with ``return_stats=True`` a third element, the :class:`AttentionStats` of
@@ -89,6 +95,7 @@ class HardKumaAttention(nn.Module):
         ab_clamp: Tuple[float, float] = (1e-3, 100.0),
         parameterization: str = "split",
         stats_key: Optional[str] = None,
+        compile: bool = False,
     ):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -121,6 +128,7 @@ class HardKumaAttention(nn.Module):
         self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
         self.parameterization = parameterization
         self.stats_key = stats_key
+        self.compile = bool(compile)
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
@@ -260,26 +268,32 @@ class HardKumaAttention(nn.Module):
         if self.parameterization == "split":
             half = d // 2
             scale = 1.0 / math.sqrt(half)
-            score_a = torch.matmul(q[..., :half] * scale, k[..., :half].transpose(-1, -2))
-            score_b = torch.matmul(q[..., half:] * scale, k[..., half:].transpose(-1, -2))
+            qa, ka, qb, kb = q[..., :half], k[..., :half], q[..., half:], k[..., half:]
         else:
             scale = 1.0 / math.sqrt(d)
-            qb = heads(self.q_proj_b(query), T)
-            kb = heads(self.k_proj_b(key), S)
-            score_a = torch.matmul(q * scale, k.transpose(-1, -2))
-            score_b = torch.matmul(qb * scale, kb.transpose(-1, -2))
-        # score_a, score_b: (B, H, T, S)
-        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, score_a.dtype, query.device)
-        if bias is not None:
-            score_a = score_a + bias
-        weights = hardkuma_weights_from_scores(
-            score_a, score_b, valid, training=self.training, normalize=self.normalize,
-            support=self.support, ab_clamp=self.ab_clamp,
-        )  # (B, H, T, S)
+            qa, ka = q, k
+            qb, kb = heads(self.q_proj_b(query), T), heads(self.k_proj_b(key), S)
+        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, q.dtype, query.device)
+        want_stats = return_stats or stats_requested()
+        if self.training and self.normalize != "softmax":
+            weights, l0 = hardkuma_attention_gates(
+                qa, ka, qb, kb, scale, bias, valid, self.support, self.ab_clamp,
+                normalize_sum=self.normalize == "sum", want_l0=want_stats, compile=self.compile,
+            )  # (B, H, T, S)
+        else:
+            score_a = torch.matmul(qa, ka.transpose(-1, -2)) * scale  # (B, H, T, S)
+            if bias is not None:
+                score_a = score_a + bias
+            score_b = torch.matmul(qb, kb.transpose(-1, -2)) * scale
+            weights = hardkuma_weights_from_scores(
+                score_a, score_b, valid, training=self.training, normalize=self.normalize,
+                support=self.support, ab_clamp=self.ab_clamp, compile=self.compile,
+            )
+            l0 = expected_l0_sum(score_a, score_b, valid, self.support, self.ab_clamp) if want_stats else None
 
         stats = None
-        if return_stats or stats_requested():
-            stats = self._stats(score_a, score_b, valid, weights, (B, H, T, S))
+        if want_stats:
+            stats = self._stats(l0, valid, weights, (B, H, T, S))
             report_stats(stats)
 
         attn = F.dropout(weights, self.dropout) if (self.training and self.dropout > 0) else weights
@@ -300,8 +314,7 @@ class HardKumaAttention(nn.Module):
             return out, w_out, stats
         return out, w_out
 
-    def _stats(self, score_a, score_b, valid, weights, shape) -> AttentionStats:
-        l0 = expected_l0_sum(score_a, score_b, valid, self.support, self.ab_clamp)
+    def _stats(self, l0, valid, weights, shape) -> AttentionStats:
         nz = weights.detach() != 0
         if valid is None:
             cells = torch.tensor(float(math.prod(shape)), device=weights.device)

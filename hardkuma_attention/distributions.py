@@ -63,6 +63,15 @@ def kuma_sample_from_uniform(u: torch.Tensor, a: torch.Tensor, b: torch.Tensor) 
     return torch.exp(log_w / a)
 
 
+def kuma_sample_from_reflected_uniform(v: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""``k = (1 - v^(1/b))^(1/a)``: the inverse CDF at ``1 - v`` (``v`` uniform, so ``1 - v`` is too).
+
+    Saves the ``log1p(-u)`` of :func:`kuma_sample_from_uniform`; this is the form the samplers and
+    the fused kernels use, so that they draw identical samples from the same generator state.
+    """
+    return torch.exp(log1mexp(torch.log(v) / b) / a)
+
+
 def uniform_open(shape, dtype, device, generator=None) -> torch.Tensor:
     """Uniform samples in the open interval (eps, 1 - eps) of ``dtype``."""
     eps = _eps(dtype)
@@ -107,8 +116,8 @@ class Kumaraswamy(Distribution):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         shape = self._extended_shape(sample_shape)
-        u = uniform_open(shape, self.a.dtype, self.a.device, generator)
-        return kuma_sample_from_uniform(u, self.a, self.b)
+        v = uniform_open(shape, self.a.dtype, self.a.device, generator)
+        return kuma_sample_from_reflected_uniform(v, self.a, self.b)
 
     def log_prob(self, value):
         if self._validate_args:

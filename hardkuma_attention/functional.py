@@ -156,19 +156,21 @@ def hardkuma_weights_from_scores(
     ab_clamp: Tuple[float, float] = (1e-3, 100.0),
     generator: Optional[torch.Generator] = None,
     fused: bool = True,
+    compile: bool = False,
 ) -> torch.Tensor:
     r"""As :func:`hardkuma_attention_weights` with ``a = clamp(softplus(score_a), *ab_clamp)``,
     ``b`` likewise; ``normalize="softmax"`` uses ``score_a`` as the softmax scores.
 
     In training with ``normalize`` in {"none", "sum"} and ``fused=True`` the sample runs through the
-    fused autograd function of :mod:`hardkuma_attention.fused` (same values, far less memory).
+    fused autograd function of :mod:`hardkuma_attention.fused` (same values, far less memory);
+    ``compile=True`` additionally runs its elementwise kernels through ``torch.compile``.
     """
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     if training and fused and normalize != "softmax":
         shape = torch.broadcast_shapes(score_a.shape, score_b.shape)
         u = uniform_open(shape, score_a.dtype, score_a.device, generator)
-        return hardkuma_gates(score_a, score_b, u, mask, support, ab_clamp, normalize == "sum")
+        return hardkuma_gates(score_a, score_b, u, mask, support, ab_clamp, normalize == "sum", compile)
     a = ab_from_scores(score_a, ab_clamp)
     b = ab_from_scores(score_b, ab_clamp)
     return hardkuma_attention_weights(

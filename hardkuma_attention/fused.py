@@ -1,28 +1,41 @@
-r"""Fused elementwise HardKuma gate math with hand-written backward passes.
+r"""Fused HardKuma gate math with hand-written backward passes.
 
 Written as a chain of autograd ops, sampling one HardKuma gate per attention cell saves a dozen
-full-size intermediates (softplus, clamp, log1p, expm1, log, exp, ... each keeps its input).  The
-:class:`torch.autograd.Function` s here compute the same values in one forward pass under
-``no_grad``, save only the raw scores and the uniform noise, and recompute what the backward pass
-needs.  ``tests/test_fused.py`` checks them against the chain-of-ops reference with ``gradcheck``.
+full-size intermediates (softplus, clamp, log, expm1, exp, ... each keeps its input).  The
+:class:`torch.autograd.Function` s here compute the same values under ``no_grad`` and save little:
 
-Parameter map (shared by every function here, "scores" mode)::
+- :func:`hardkuma_gates` (scores given): saves the two score maps and the output;
+- :func:`hardkuma_attention_gates` (per-head queries and keys given, the attention layer's path):
+  saves only the queries, keys and the output, and recomputes the score maps in the backward pass
+  (two extra ``bmm``), as memory-efficient softmax attention does.
+
+Neither saves the uniform noise: where a gate is strictly inside (0, 1) its Kumaraswamy value is
+recovered from the output, ``k = (z - l)/(r - l)``, and everywhere else the gradient is 0.
+``tests/test_core_functional.py`` checks both against the chain-of-ops reference with ``gradcheck``.
+
+The elementwise kernels are plain functions of tensors; with ``compile=True`` they are wrapped in
+``torch.compile`` (one fused loop instead of ~15 passes over the attention map; needs a C++
+compiler, costs a one-off compilation of tens of seconds, then cached on disk by inductor).
+
+Parameter map (shared by every function here)::
 
     a = clamp(softplus(score_a), ab_min, ab_max)       b = clamp(softplus(score_b), ab_min, ab_max)
 
-Sampling (``u`` uniform in (0, 1))::
+Sampling (``u`` uniform in (0, 1); ``1 - u`` is uniform too, so ``log u`` replaces ``log(1 - u)``)::
 
-    log_s = log1p(-u) / b              # log (1-u)^(1/b)
-    w     = -expm1(log_s)              # 1 - (1-u)^(1/b)
-    k     = exp(log(w) / a)            # Kuma(a, b) sample
-    z     = clamp(l + (r - l) k, 0, 1) # HardKuma sample
+    w = 1 - u^(1/b) = -expm1(log(u) / b)
+    k = w^(1/a)                        # Kuma(a, b) sample
+    z = clamp(l + (r - l) k, 0, 1)     # HardKuma sample
 
-Derivatives::
+Derivatives, with ``w = k^a`` and ``s = 1 - w = u^(1/b)``::
 
     dk/da = -k log(k) / a
-    dk/db = k s log(s) / (a b w),      s = 1 - w
-    dz/dk = (r - l) on 0 < t < 1, else 0
+    dk/db = k s log(s) / (a b w)
+    dz/dk = (r - l) on 0 < z < 1, else 0
     da/dscore = sigmoid(score) where ab_min < softplus(score) < ab_max, else 0
+
+Expected L0 of a cell: ``1 - P0 = (1 - k0^a)^b = exp(b L)`` with ``L = log(1 - k0^a)``;
+``d/da = exp(b L) b (-log k0) / expm1(-a log k0)``, ``d/db = exp(b L) L``.
 """
 from __future__ import annotations
 
@@ -34,7 +47,16 @@ import torch.nn.functional as F
 
 from .distributions import log1mexp
 
-__all__ = ["ab_from_scores", "hardkuma_gates", "expected_l0_sum", "row_sum_or_one"]
+__all__ = [
+    "ab_from_scores",
+    "hardkuma_gates",
+    "hardkuma_attention_gates",
+    "expected_l0_sum",
+    "row_sum_or_one",
+]
+
+
+# ---------------------------------------------------------------------- elementwise kernels
 
 
 def ab_from_scores(score: torch.Tensor, ab_clamp: Tuple[float, float]) -> torch.Tensor:
@@ -42,107 +64,65 @@ def ab_from_scores(score: torch.Tensor, ab_clamp: Tuple[float, float]) -> torch.
     return F.softplus(score).clamp(ab_clamp[0], ab_clamp[1])
 
 
-def _ab_and_grad(score, ab_clamp):
-    sp = F.softplus(score)
-    inside = (sp > ab_clamp[0]) & (sp < ab_clamp[1])
-    return sp.clamp_(ab_clamp[0], ab_clamp[1]), torch.sigmoid(score).mul_(inside)
+def _gate_forward(sa, sb, u, lo: float, hi: float, amin: float, amax: float):
+    """z = clamp(l + (r - l) (1 - u^(1/b))^(1/a), 0, 1), before masking."""
+    a = F.softplus(sa).clamp_(amin, amax)
+    b = F.softplus(sb).clamp_(amin, amax)
+    w = torch.log(u).div_(b).expm1_().neg_()
+    k = torch.log(w).div_(a).exp_()
+    return k.mul_(hi - lo).add_(lo).clamp_(0.0, 1.0)
 
 
-def _sample_parts(a, b, u, lo, hi):
-    log_s = torch.log1p(-u).div_(b)
-    w = torch.expm1(log_s).neg_()
-    log_k = torch.log(w).div_(a)
-    k = torch.exp(log_k)
-    t = k * (hi - lo) + lo
-    return log_s, w, log_k, k, t
+def _l0_cells(sa, sb, log_k0: float, amin: float, amax: float):
+    """Per-cell expected L0, ``(1 - k0^a)^b``."""
+    a = F.softplus(sa).clamp_(amin, amax)
+    b = F.softplus(sb).clamp_(amin, amax)
+    return torch.exp(b * log1mexp(a * log_k0))
 
 
-class _HardKumaGates(torch.autograd.Function):
-    """z (optionally renormalised to sum 1 over the last dim) from scores and noise."""
+def _gate_backward(gz, z, inside, sa, sb, g_l0, lo: float, hi: float, amin: float, amax: float, log_k0: float):
+    """Gradients w.r.t. the scores of ``sum(gz * z) + g_l0 * sum(l0 cells)``.
 
-    @staticmethod
-    def forward(ctx, score_a, score_b, u, valid, lo, hi, ab_min, ab_max, normalize_sum):
-        ab_clamp = (ab_min, ab_max)
-        a = ab_from_scores(score_a, ab_clamp)
-        b = ab_from_scores(score_b, ab_clamp)
-        _, _, _, _, t = _sample_parts(a, b, u, lo, hi)
-        z = t.clamp_(0.0, 1.0)
-        if valid is not None:
-            z = z.masked_fill_(~valid, 0.0)
-        denom = None
-        if normalize_sum:
-            denom = row_sum_or_one(z)
-            z = z.div_(denom)
-        ctx.consts = (lo, hi, ab_clamp, normalize_sum)
-        ctx.save_for_backward(score_a, score_b, u, valid, z, denom)
-        return z
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        lo, hi, ab_clamp, normalize_sum = ctx.consts
-        score_a, score_b, u, valid, out, denom = ctx.saved_tensors
-        if normalize_sum:
-            # out = z / sum(z):  dL/dz = (g - sum(g * out)) / sum(z)
-            grad_z = (grad_out - (grad_out * out).sum(-1, keepdim=True)).div_(denom)
-        else:
-            grad_z = grad_out
-        a, da_ds = _ab_and_grad(score_a, ab_clamp)
-        b, db_ds = _ab_and_grad(score_b, ab_clamp)
-        log_s, w, log_k, k, t = _sample_parts(a, b, u, lo, hi)
-        inside = (t > 0) & (t < 1)
-        if valid is not None:
-            inside &= valid
-        g_k = (grad_z * (hi - lo)).mul_(inside)
-        g_k = g_k * k  # common factor dz/dk * k
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_a = (g_k * log_k).div_(a).neg_().mul_(da_ds)
-        if ctx.needs_input_grad[1]:
-            s = torch.exp(log_s)
-            grad_b = g_k.mul_(s).mul_(log_s).div_(a * b * w).mul_(db_ds)
-        grad_a = _sum_to(grad_a, score_a.shape)
-        grad_b = _sum_to(grad_b, score_b.shape)
-        return grad_a, grad_b, None, None, None, None, None, None, None
-
-
-class _ExpectedL0Sum(torch.autograd.Function):
-    """Sum over valid cells of ``1 - P0 = (1 - k0^a)^b`` from scores."""
-
-    @staticmethod
-    def forward(ctx, score_a, score_b, valid, lo, hi, ab_min, ab_max):
-        ab_clamp = (ab_min, ab_max)
-        a = ab_from_scores(score_a, ab_clamp)
-        b = ab_from_scores(score_b, ab_clamp)
-        log_k0 = math.log(-lo / (hi - lo))
-        x = a * log_k0  # log k0^a  (< 0)
-        L = log1mexp(x)  # log(1 - k0^a)
-        e = torch.exp(b * L)
-        if valid is not None:
-            e = e.masked_fill(~valid, 0.0)
-        ctx.consts = (log_k0, ab_clamp)
-        ctx.save_for_backward(score_a, score_b, valid)
-        # accumulate in at least float32 (half / bfloat16 sums of many cells lose the target scale)
-        return e.sum(dtype=torch.promote_types(e.dtype, torch.float32))
-
-    @staticmethod
-    def backward(ctx, grad):
-        log_k0, ab_clamp = ctx.consts
-        score_a, score_b, valid = ctx.saved_tensors
-        a, da_ds = _ab_and_grad(score_a, ab_clamp)
-        b, db_ds = _ab_and_grad(score_b, ab_clamp)
+    ``inside`` marks the cells with ``0 < z < 1`` (None: computed from ``z``, which must then be
+    exact); masked cells must be outside.  ``g_l0`` is a tensor broadcastable to the cells (0 where
+    masked) or a Python 0.0 when no L0 gradient flows.
+    """
+    spa, spb = F.softplus(sa), F.softplus(sb)
+    a, b = spa.clamp(amin, amax), spb.clamp(amin, amax)
+    da = torch.sigmoid(sa) * ((spa > amin) & (spa < amax))
+    db = torch.sigmoid(sb) * ((spb > amin) & (spb < amax))
+    if inside is None:
+        inside = (z > 0) & (z < 1)
+    k = torch.where(inside, (z - lo) / (hi - lo), 0.5)  # 0.5: any value in (0, 1) keeps logs finite
+    log_k = torch.log(k)
+    w = torch.exp(a * log_k)
+    log_s = torch.log1p(-w)
+    gk = torch.where(inside, gz * ((hi - lo) * k), 0.0)
+    grad_a = -gk * log_k / a
+    # log(s) / w -> -1 as w -> 0 (w = k^a underflows for large a even where 0 < z < 1)
+    log_s_over_w = torch.where(w > 1e-20, log_s / w.clamp_min(1e-20), -1.0)
+    grad_b = gk * (1 - w) * log_s_over_w / (a * b)
+    if not isinstance(g_l0, float) or g_l0 != 0.0:
         x = a * log_k0
         L = log1mexp(x)
-        e = torch.exp(b * L)
-        if valid is not None:
-            e = e.masked_fill_(~valid, 0.0)
-        e = e * grad.to(e.dtype)
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            # d(1-k0^a)^b/da = e * b * dL/da,  dL/da = -log k0 / expm1(-x)
-            grad_a = _sum_to(e * b * (-log_k0) / torch.expm1(-x) * da_ds, score_a.shape).to(score_a.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_b = _sum_to(e * L * db_ds, score_b.shape).to(score_b.dtype)
-        return grad_a, grad_b, None, None, None, None, None
+        e = torch.exp(b * L) * g_l0
+        grad_a = grad_a + e * b * (-log_k0) / torch.expm1(-x)
+        grad_b = grad_b + e * L
+    return grad_a * da, grad_b * db
+
+
+_COMPILED = {}
+
+
+def _kernel(fn, compile: bool):
+    if not compile:
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
+# ---------------------------------------------------------------------- helpers
 
 
 def row_sum_or_one(z: torch.Tensor) -> torch.Tensor:
@@ -152,10 +132,163 @@ def row_sum_or_one(z: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
-def _sum_to(grad: Optional[torch.Tensor], shape) -> Optional[torch.Tensor]:
-    if grad is None or grad.shape == shape:
-        return grad
-    return grad.sum_to_size(shape)
+def _sum_to(grad: Optional[torch.Tensor], shape, dtype) -> Optional[torch.Tensor]:
+    if grad is None:
+        return None
+    if grad.shape != shape:
+        grad = grad.sum_to_size(shape)
+    return grad.to(dtype)
+
+
+def _finish_forward(z, valid, normalize_sum):
+    """Mask and normalise the raw gates in place; returns ``(out, denom, inside)``.
+
+    With ``normalize_sum`` the backward pass recovers ``z = out * denom`` only up to round-off, so
+    the exact ``0 < z < 1`` mask is kept (1 byte a cell); otherwise ``out`` is ``z`` itself."""
+    if valid is not None:
+        z = z.masked_fill_(~valid, 0.0)
+    if not normalize_sum:
+        return z, None, None
+    inside = (z > 0) & (z < 1)
+    denom = row_sum_or_one(z)
+    return z.div_(denom), denom, inside
+
+
+def _unnormalize(grad_out, out, denom):
+    """Map the gradient w.r.t. ``out = z / denom`` (or ``out = z``) to the gradient w.r.t. ``z``,
+    and recover ``z``."""
+    if denom is None:
+        return grad_out, out
+    grad_z = (grad_out - (grad_out * out).sum(-1, keepdim=True)).div_(denom)
+    return grad_z, out * denom
+
+
+def _l0_sum(sa, sb, valid, log_k0, amin, amax, compile):
+    e = _kernel(_l0_cells, compile)(sa, sb, log_k0, amin, amax)
+    if valid is not None:
+        e = e.masked_fill(~valid, 0.0)
+    # accumulate in at least float32 (half / bfloat16 sums of many cells lose the target scale)
+    return e.sum(dtype=torch.promote_types(e.dtype, torch.float32))
+
+
+def _l0_grad(g_l0, valid, dtype):
+    if g_l0 is None:
+        return 0.0
+    g = g_l0.to(dtype)
+    return g if valid is None else g * valid
+
+
+# ---------------------------------------------------------------------- score-level function
+
+
+class _HardKumaGates(torch.autograd.Function):
+    """z (optionally renormalised to sum 1 over the last dim) from scores and noise."""
+
+    @staticmethod
+    def forward(ctx, score_a, score_b, u, valid, lo, hi, ab_min, ab_max, normalize_sum, compile):
+        z = _kernel(_gate_forward, compile)(score_a, score_b, u, lo, hi, ab_min, ab_max)
+        z, denom, inside = _finish_forward(z, valid, normalize_sum)
+        ctx.consts = (lo, hi, ab_min, ab_max, compile)
+        ctx.save_for_backward(score_a, score_b, z, denom, inside)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        lo, hi, ab_min, ab_max, compile = ctx.consts
+        score_a, score_b, out, denom, inside = ctx.saved_tensors
+        grad_z, z = _unnormalize(grad_out, out, denom)
+        log_k0 = math.log(-lo / (hi - lo))
+        ga, gb = _kernel(_gate_backward, compile)(
+            grad_z, z, inside, score_a, score_b, 0.0, lo, hi, ab_min, ab_max, log_k0
+        )
+        return (
+            _sum_to(ga, score_a.shape, score_a.dtype), _sum_to(gb, score_b.shape, score_b.dtype),
+            None, None, None, None, None, None, None, None,
+        )
+
+
+class _ExpectedL0Sum(torch.autograd.Function):
+    """Sum over valid cells of ``1 - P0 = (1 - k0^a)^b`` from scores."""
+
+    @staticmethod
+    def forward(ctx, score_a, score_b, valid, lo, hi, ab_min, ab_max):
+        log_k0 = math.log(-lo / (hi - lo))
+        ctx.consts = (lo, hi, log_k0, ab_min, ab_max)
+        ctx.save_for_backward(score_a, score_b, valid)
+        return _l0_sum(score_a, score_b, valid, log_k0, ab_min, ab_max, False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lo, hi, log_k0, ab_min, ab_max = ctx.consts
+        score_a, score_b, valid = ctx.saved_tensors
+        shape = torch.broadcast_shapes(score_a.shape, score_b.shape)
+        zeros = torch.zeros(shape, dtype=score_a.dtype, device=score_a.device)
+        g_l0 = _l0_grad(grad, valid, score_a.dtype)
+        # z = 0 everywhere: only the L0 term contributes
+        ga, gb = _gate_backward(zeros, zeros, None, score_a, score_b, g_l0, lo, hi, ab_min, ab_max, log_k0)
+        return _sum_to(ga, score_a.shape, score_a.dtype), _sum_to(gb, score_b.shape, score_b.dtype), None, None, None, None, None
+
+
+# ---------------------------------------------------------------------- attention-level function
+
+
+def _scores(qa, ka, qb, kb, bias, scale):
+    sa = torch.matmul(qa, ka.transpose(-1, -2)).mul_(scale)
+    if bias is not None:
+        sa = sa.add_(bias)
+    sb = torch.matmul(qb, kb.transpose(-1, -2)).mul_(scale)
+    return sa, sb
+
+
+class _HardKumaAttentionGates(torch.autograd.Function):
+    """Gates of an attention layer from per-head queries/keys; returns (weights, l0_sum)."""
+
+    @staticmethod
+    def forward(ctx, qa, ka, qb, kb, bias, valid, scale, lo, hi, ab_min, ab_max, normalize_sum, want_l0,
+                compile, generator):
+        sa, sb = _scores(qa, ka, qb, kb, bias, scale)
+        log_k0 = math.log(-lo / (hi - lo))
+        l0 = _l0_sum(sa, sb, valid, log_k0, ab_min, ab_max, compile) if want_l0 else sa.new_zeros((), dtype=torch.float32)
+        eps = torch.finfo(sa.dtype).eps
+        u = torch.rand(sa.shape, dtype=sa.dtype, device=sa.device, generator=generator).clamp_(eps, 1 - eps)
+        z = _kernel(_gate_forward, compile)(sa, sb, u, lo, hi, ab_min, ab_max)
+        del sa, sb, u
+        z, denom, inside = _finish_forward(z, valid, normalize_sum)
+        ctx.consts = (scale, lo, hi, ab_min, ab_max, log_k0, compile)
+        ctx.save_for_backward(qa, ka, qb, kb, bias, valid, z, denom, inside)
+        if not want_l0:
+            ctx.mark_non_differentiable(l0)
+        return z, l0
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_l0):
+        scale, lo, hi, ab_min, ab_max, log_k0, compile = ctx.consts
+        qa, ka, qb, kb, bias, valid, out, denom, inside = ctx.saved_tensors
+        sa, sb = _scores(qa, ka, qb, kb, bias, scale)
+        if grad_out is None:
+            grad_z, z = torch.zeros_like(out), out
+        else:
+            grad_z, z = _unnormalize(grad_out, out, denom)
+        g_l0 = _l0_grad(grad_l0, valid, sa.dtype)
+        dsa, dsb = _kernel(_gate_backward, compile)(
+            grad_z, z, inside, sa, sb, g_l0, lo, hi, ab_min, ab_max, log_k0
+        )
+        del sa, sb, grad_z
+        grads = [None] * 15
+        if ctx.needs_input_grad[4]:
+            grads[4] = _sum_to(dsa, bias.shape, bias.dtype)
+        dsa = dsa.mul_(scale)
+        dsb = dsb.mul_(scale)
+        grads[0] = torch.matmul(dsa, ka) if ctx.needs_input_grad[0] else None
+        grads[1] = torch.matmul(dsa.transpose(-1, -2), qa) if ctx.needs_input_grad[1] else None
+        grads[2] = torch.matmul(dsb, kb) if ctx.needs_input_grad[2] else None
+        grads[3] = torch.matmul(dsb.transpose(-1, -2), qb) if ctx.needs_input_grad[3] else None
+        for i, x in enumerate((qa, ka, qb, kb)):
+            grads[i] = _sum_to(grads[i], x.shape, x.dtype)
+        return tuple(grads)
+
+
+# ---------------------------------------------------------------------- public wrappers
 
 
 def hardkuma_gates(
@@ -166,9 +299,12 @@ def hardkuma_gates(
     support: Tuple[float, float] = (-0.1, 1.1),
     ab_clamp: Tuple[float, float] = (1e-3, 100.0),
     normalize_sum: bool = False,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Fused HardKuma gate sample from raw scores; see the module docstring for the math.
 
+    ``z = clamp(l + (r - l) (1 - u^(1/b))^(1/a), 0, 1)``, identical to
+    ``distributions.kuma_sample_from_uniform(1 - u, a, b)`` stretched and rectified.
     Shapes: ``score_a``, ``score_b``, ``u`` broadcast to the output shape ``(..., S)``;
     ``valid`` (bool, True = keep) broadcasts to it as well.  Invalid cells are exactly 0.
     With ``normalize_sum`` the gates are divided by their sum over the last dim (an all-zero row
@@ -176,7 +312,38 @@ def hardkuma_gates(
     """
     return _HardKumaGates.apply(
         score_a, score_b, u, valid, float(support[0]), float(support[1]),
-        float(ab_clamp[0]), float(ab_clamp[1]), bool(normalize_sum),
+        float(ab_clamp[0]), float(ab_clamp[1]), bool(normalize_sum), bool(compile),
+    )
+
+
+def hardkuma_attention_gates(
+    qa: torch.Tensor,
+    ka: torch.Tensor,
+    qb: torch.Tensor,
+    kb: torch.Tensor,
+    scale: float,
+    bias: Optional[torch.Tensor] = None,
+    valid: Optional[torch.Tensor] = None,
+    support: Tuple[float, float] = (-0.1, 1.1),
+    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+    normalize_sum: bool = False,
+    want_l0: bool = False,
+    compile: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""Sampled attention gates from per-head queries and keys, memory-efficiently.
+
+    ``score_a = scale * qa @ ka^T + bias``, ``score_b = scale * qb @ kb^T``; gates as
+    :func:`hardkuma_gates` with fresh uniform noise.  Only the inputs and the output are saved for
+    the backward pass (the score maps are recomputed).
+
+    Shapes: ``qa``/``qb`` ``(..., T, d)``, ``ka``/``kb`` ``(..., S, d)``, ``bias`` and bool ``valid``
+    broadcastable to ``(..., T, S)``.  Returns ``(weights (..., T, S), l0_sum)`` where ``l0_sum`` is
+    the differentiable sum over valid cells of ``P(z != 0)`` (0 unless ``want_l0``).
+    """
+    return _HardKumaAttentionGates.apply(
+        qa, ka, qb, kb, bias, valid, float(scale), float(support[0]), float(support[1]),
+        float(ab_clamp[0]), float(ab_clamp[1]), bool(normalize_sum), bool(want_l0), bool(compile), generator,
     )
 
 
@@ -187,7 +354,8 @@ def expected_l0_sum(
     support: Tuple[float, float] = (-0.1, 1.1),
     ab_clamp: Tuple[float, float] = (1e-3, 100.0),
 ) -> torch.Tensor:
-    """Fused ``sum over valid cells of P(z != 0)`` from raw scores (a differentiable scalar)."""
+    """Fused ``sum over valid cells of P(z != 0)`` from raw scores (a differentiable scalar,
+    accumulated in at least float32)."""
     return _ExpectedL0Sum.apply(
         score_a, score_b, valid, float(support[0]), float(support[1]),
         float(ab_clamp[0]), float(ab_clamp[1]),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hardkuma_attention import HardKuma
-from hardkuma_attention.distributions import kuma_sample_from_uniform
+from hardkuma_attention.distributions import kuma_sample_from_reflected_uniform
 from hardkuma_attention.functional import (
     expected_l0,
     expected_transitions,
@@ -128,7 +128,7 @@ def test_length_one_and_empty(shape):
 def reference_gates(sa, sb, u, valid, normalize_sum, support=(-0.1, 1.1), ab_clamp=(1e-3, 100.0)):
     a, b = ab_from_scores(sa, ab_clamp), ab_from_scores(sb, ab_clamp)
     lo, hi = support
-    z = (lo + (hi - lo) * kuma_sample_from_uniform(u, a, b)).clamp(0, 1)
+    z = (lo + (hi - lo) * kuma_sample_from_reflected_uniform(u, a, b)).clamp(0, 1)
     if valid is not None:
         z = z.masked_fill(~valid, 0.0)
     return z / row_sum_or_one(z) if normalize_sum else z
