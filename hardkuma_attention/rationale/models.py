@@ -68,7 +68,7 @@ class ModelConfig:
     freeze_embeddings: bool = True
     skip_zeros: bool = True
     support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_clamp: Tuple[float, float] = (1e-6, 100.0)
+    ab_clamp: Tuple[float, float] = (0.1, 10.0)  # keeps P(0 < z < 1) >= ~5 %: gates never saturate
 
     def __post_init__(self):
         if self.gate not in GATES:

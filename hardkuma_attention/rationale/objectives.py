@@ -47,8 +47,11 @@ __all__ = ["ObjectiveConfig", "RationaleObjective", "task_loss", "selection_rate
 class ObjectiveConfig:
     """Loss settings.  ``selection``/``lasso``: HardKuma targets (None = no constraint).
 
-    Lagrangian defaults: ``equality=True`` (the core's additive update, lambda may turn negative)
-    with ``lagrange_lr = 0.01`` and ``lambda_init = 0``.  With the paper's inequality form the
+    Lagrangian defaults (what converged on SST in ~3k updates): ``equality=True`` (the core's
+    additive update, lambda may turn negative) with ``lagrange_lr = 0.002``, ``lagrange_alpha =
+    0.9`` and ``lambda_init = 0``; together with the model's ``ab_clamp = (0.1, 10)``.  Faster
+    multipliers (0.01-0.05, alpha 0.99) wind lambda up while the gates sit at exactly 1 and then
+    switch every gate off at once.  With the paper's inequality form the
     multiplier only ever pushes the selection *down*; on SST a fast multiplier (lr 0.05) drove every
     gate to exactly 0, where the task loss has no gradient, and the run never recovered.  The
     equality form pulls the expected L0 back up when it falls below the target.
@@ -62,8 +65,8 @@ class ObjectiveConfig:
 
     selection: Optional[float] = None
     lasso: Optional[float] = None
-    lagrange_lr: float = 0.01
-    lagrange_alpha: float = 0.99
+    lagrange_lr: float = 0.002
+    lagrange_alpha: float = 0.9
     lambda_init: Optional[float] = None
     lambda_max: float = 5.0
     equality: bool = True

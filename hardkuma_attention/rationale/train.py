@@ -13,8 +13,8 @@ Public pieces (reused by the CLI and by later tools built on these models):
 
 Best-on-dev: when the objective has a selection target ``s`` (``--selection`` or the Bernoulli
 ``--sparsity-target``), only evaluations whose dev selection rate is at most ``s + tolerance``
-are eligible and the best *task score* (accuracy, or ``-MSE``) among them wins; if none is
-eligible the one closest to the target is kept.  Without a target the best task score wins.
+are eligible and the best *task score* (accuracy, or ``-MSE``) among them wins (ties: the rate
+closest to the target); if none is eligible the one closest to the target is kept.  Without a target the best task score wins.
 """
 from __future__ import annotations
 
@@ -293,9 +293,12 @@ def _selection_target(objective: RationaleObjective) -> Optional[float]:
 
 
 def _checkpoint_key(metrics, score, target, tol):
-    if target is None or metrics["selected"] <= target + tol:
-        return (1, score)
-    return (0, -(metrics["selected"] - target))
+    """Eligible (selection <= target + tol) first, then task score, then closeness to the target."""
+    if target is None:
+        return (1, score, 0.0)
+    if metrics["selected"] <= target + tol:
+        return (1, score, -abs(metrics["selected"] - target))
+    return (0, -(metrics["selected"] - target), 0.0)
 
 
 def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: Sequence[Example],

@@ -16,7 +16,9 @@ def test_hardkuma_selection_hits_target_and_selects_marker(tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=len(vocab), embed_dim=16, hidden_size=16, num_outputs=2, gate="hardkuma",
                       dropout=0.0, freeze_embeddings=False)
-    pipe = Pipeline(RationaleModel(cfg), RationaleObjective(ObjectiveConfig(selection=0.1), "hardkuma"), vocab, labels)
+    # a short run: a faster multiplier than the SST default
+    objective = RationaleObjective(ObjectiveConfig(selection=0.1, lagrange_lr=0.01), "hardkuma")
+    pipe = Pipeline(RationaleModel(cfg), objective, vocab, labels)
     train(pipe, train_ex, dev_ex, TrainConfig(epochs=6, batch_size=25, lr=3e-3, eval_every=30, progress=False), tmp_path)
     metrics, records = load_pipeline(tmp_path / "model.pt").evaluate(dev_ex)
     assert abs(metrics["selected"] - 0.1) <= 0.03, metrics
