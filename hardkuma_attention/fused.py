@@ -44,6 +44,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .distributions import log1mexp
 
@@ -85,30 +86,37 @@ def _gate_backward(gz, z, inside, sa, sb, g_l0, lo: float, hi: float, amin: floa
 
     ``inside`` marks the cells with ``0 < z < 1`` (None: computed from ``z``, which must then be
     exact); masked cells must be outside.  ``g_l0`` is a tensor broadcastable to the cells (0 where
-    masked) or a Python 0.0 when no L0 gradient flows.
+    masked) or a Python 0.0 when no L0 gradient flows.  Written with in-place ops on fresh
+    intermediates: in eager mode each full-size allocation costs about as much as the arithmetic.
     """
     spa, spb = F.softplus(sa), F.softplus(sb)
     a, b = spa.clamp(amin, amax), spb.clamp(amin, amax)
-    da = torch.sigmoid(sa) * ((spa > amin) & (spa < amax))
-    db = torch.sigmoid(sb) * ((spb > amin) & (spb < amax))
+    a_clamped, b_clamped = a != spa, b != spb  # zero gradient where the clamp is active
+    del spa, spb
     if inside is None:
         inside = (z > 0) & (z < 1)
-    k = torch.where(inside, (z - lo) / (hi - lo), 0.5)  # 0.5: any value in (0, 1) keeps logs finite
+    outside = ~inside
+    k = (z - lo).div_(hi - lo).masked_fill_(outside, 0.5)  # 0.5 keeps the logs finite outside
     log_k = torch.log(k)
-    w = torch.exp(a * log_k)
-    log_s = torch.log1p(-w)
-    gk = torch.where(inside, gz * ((hi - lo) * k), 0.0)
-    grad_a = -gk * log_k / a
+    w = (a * log_k).exp_()  # k^a = 1 - u^(1/b)
+    gk = (gz * k).mul_(hi - lo).masked_fill_(outside, 0.0)  # dL/dk * ... common factor
+    del k, outside
+    grad_a = (gk * log_k).div_(a).neg_()  # -gk log(k) / a
+    del log_k
     # log(s) / w -> -1 as w -> 0 (w = k^a underflows for large a even where 0 < z < 1)
-    log_s_over_w = torch.where(w > 1e-20, log_s / w.clamp_min(1e-20), -1.0)
-    grad_b = gk * (1 - w) * log_s_over_w / (a * b)
+    tiny = w <= 1e-20
+    log_s_over_w = torch.log1p(-w).div_(w.clamp_min(1e-20)).masked_fill_(tiny, -1.0)
+    grad_b = gk.mul_(w.neg_().add_(1.0)).mul_(log_s_over_w).div_(a * b)  # gk s log(s) / (a b w)
+    del w, log_s_over_w, tiny
     if not isinstance(g_l0, float) or g_l0 != 0.0:
         x = a * log_k0
         L = log1mexp(x)
         e = torch.exp(b * L) * g_l0
         grad_a = grad_a + e * b * (-log_k0) / torch.expm1(-x)
         grad_b = grad_b + e * L
-    return grad_a * da, grad_b * db
+    grad_a = grad_a.mul_(torch.sigmoid(sa)).masked_fill_(a_clamped, 0.0)
+    grad_b = grad_b.mul_(torch.sigmoid(sb)).masked_fill_(b_clamped, 0.0)
+    return grad_a, grad_b
 
 
 _COMPILED = {}
@@ -193,6 +201,7 @@ class _HardKumaGates(torch.autograd.Function):
         return z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         lo, hi, ab_min, ab_max, compile = ctx.consts
         score_a, score_b, out, denom, inside = ctx.saved_tensors
@@ -218,6 +227,7 @@ class _ExpectedL0Sum(torch.autograd.Function):
         return _l0_sum(score_a, score_b, valid, log_k0, ab_min, ab_max, False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         lo, hi, log_k0, ab_min, ab_max = ctx.consts
         score_a, score_b, valid = ctx.saved_tensors
@@ -261,6 +271,7 @@ class _HardKumaAttentionGates(torch.autograd.Function):
         return z, l0
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_l0):
         scale, lo, hi, ab_min, ab_max, log_k0, compile = ctx.consts
         qa, ka, qb, kb, bias, valid, out, denom, inside = ctx.saved_tensors
