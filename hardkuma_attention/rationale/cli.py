@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out-dir", required=True, help="writes metrics.json, predictions.jsonl, rationales.html")
     e.add_argument("--html-examples", type=int, default=100)
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--bernoulli-decode-rate", type=float, default=None,
+                   help="Bernoulli models: select the top ceil(rate * n) tokens instead of p >= 1/2")
 
     p = sub.add_parser("predict", help="highlight the rationale of texts in the terminal")
     p.add_argument("--model", required=True, help="model.pt written by train")
@@ -232,6 +234,8 @@ def cmd_evaluate(args) -> int:
     pipeline = load_pipeline(args.model)
     if args.max_length:
         pipeline.max_length = args.max_length
+    if args.bernoulli_decode_rate is not None:
+        pipeline.model.config.bernoulli_decode_rate = args.bernoulli_decode_rate
     examples = _read(args, args.data)
     out_dir = Path(args.out_dir)
     metrics = _write_outputs(pipeline, Path(args.data).stem, examples, out_dir, args.html_examples,

@@ -7,7 +7,8 @@ a *classifier* sees only ``x_t * z_t`` and predicts the label.  Gates (``gate=``
   reparameterised samples in training and ``HardKuma.deterministic()`` at eval (core
   :class:`~hardkuma_attention.HardKumaraswamy`; no copy of its math here);
 - ``"bernoulli"``: ``z_t ~ Bernoulli(sigmoid(s_t))`` trained with REINFORCE (Lei et al. 2016),
-  ``z_t = 1[p_t >= 1/2]`` at eval;
+  ``z_t = 1[p_t >= 1/2]`` at eval (or, with ``bernoulli_decode_rate``, the top
+  ``ceil(rate * n)`` tokens by ``p_t``: the same rate as a HardKuma model, for comparisons);
 - ``"none"``: the full-text baseline, ``z_t = 1`` on every valid token.
 
 Selectors: ``"independent"`` (a, b from a bi-LSTM state ``h_t``, gates independent given x) and
@@ -44,6 +45,7 @@ __all__ = [
     "DependentSelector",
     "BernoulliSelector",
     "RationaleModel",
+    "top_fraction",
     "GATES",
     "SELECTORS",
 ]
@@ -68,7 +70,8 @@ class ModelConfig:
     freeze_embeddings: bool = True
     skip_zeros: bool = True
     support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_clamp: Tuple[float, float] = (0.1, 10.0)  # keeps P(0 < z < 1) >= ~5 %: gates never saturate
+    ab_clamp: Tuple[float, float] = (0.1, 10.0)  # bounds P(z = 1) <= 0.95: gates never saturate at 1
+    bernoulli_decode_rate: Optional[float] = None  # eval: top ceil(rate * n) tokens instead of p >= 1/2
 
     def __post_init__(self):
         if self.gate not in GATES:
@@ -214,6 +217,17 @@ class BernoulliSelector(IndependentSelector):
         super().__init__(embed_dim, hidden_size, dropout, num_scores=1)
 
 
+def top_fraction(scores: torch.Tensor, mask: torch.Tensor, rate: float) -> torch.Tensor:
+    """Bool ``(B, T)``: the ``max(1, ceil(rate * n_i))`` highest-scoring valid tokens of each row."""
+    n = mask.sum(1)
+    k = torch.ceil(rate * n.to(torch.float32)).long().clamp(min=1)
+    k = torch.minimum(k, n)
+    order = scores.masked_fill(~mask, float("-inf")).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(scores.size(1), device=scores.device).expand_as(order))
+    return (rank < k.unsqueeze(1)) & mask
+
+
 class RationaleModel(nn.Module):
     """Embeddings -> selector -> gates ``z`` -> classifier on ``x * z``.  See the module docstring."""
 
@@ -278,6 +292,8 @@ class RationaleModel(nn.Module):
                     z = torch.bernoulli(torch.sigmoid(select_logits)) * fmask
                 log_p = -F.binary_cross_entropy_with_logits(select_logits, z, reduction="none")
                 log_prob_z = (log_p * fmask).sum(1)
+            elif c.bernoulli_decode_rate is not None:
+                z = top_fraction(select_logits, mask, c.bernoulli_decode_rate).to(emb.dtype)
             else:
                 z = (select_logits >= 0).to(emb.dtype) * fmask
         logits = self._finish(self.classifier(emb, z, mask))

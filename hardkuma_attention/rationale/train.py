@@ -268,11 +268,17 @@ def load_pipeline(path) -> Pipeline:
 @dataclass
 class TrainConfig:
     """Optimisation settings.  ``eval_every`` in updates (0: once per epoch); ``max_minutes``: stop
-    (and evaluate) once this wall-clock budget is spent; ``selection_tolerance``: see module doc."""
+    (and evaluate) once this wall-clock budget is spent; ``selection_tolerance``: see module doc.
+
+    ``selector_lr``: Adam step size of the selector (default: ``lr``).  Adam normalises gradient
+    scale, so even a tiny multiplier moves every gate at full speed once the task gradient reaching
+    the selector is weak; a smaller selector step lets the multiplier settle instead of overshooting.
+    """
 
     epochs: int = 20
     batch_size: int = 25
     lr: float = 1e-3
+    selector_lr: Optional[float] = None
     weight_decay: float = 1e-5
     max_grad_norm: float = 5.0
     eval_every: int = 0
@@ -313,7 +319,11 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
     rng = random.Random(cfg.seed)
     model, objective = pipeline.model, pipeline.objective
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    selector_ids = {id(p) for p in model.selector.parameters()} if model.selector is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in selector_ids]}]
+    if selector_ids:
+        groups.append({"params": [p for p in params if id(p) in selector_ids], "lr": cfg.selector_lr or cfg.lr})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     encoded = pipeline.encode(train_examples)
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     eval_every = cfg.eval_every or steps_per_epoch

@@ -129,3 +129,16 @@ def test_constraint_warmup_keeps_multiplier_still():
         loss, stats = obj(m(tokens, mask), y)
         assert int(obj.selection_constraint.num_updates) == expected_updates
     assert "lambda_selection" in stats and obj.selection_constraint.equality  # equality is the default
+
+
+def test_top_fraction_and_bernoulli_rate_decoding():
+    from hardkuma_attention.rationale.models import top_fraction
+
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, -1.0], [3.0, 2.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    sel = top_fraction(scores, mask, 0.4)  # ceil(0.4 * 5) = 2; ceil(0.4 * 3) = 2
+    assert sel.tolist() == [[False, True, False, True, False], [True, True, False, False, False]]
+    tokens, mask = batch()
+    m = model(gate="bernoulli", bernoulli_decode_rate=0.5).eval()
+    z = m(tokens, mask).z
+    assert z.sum(1).tolist() == [4.0, 2.0, 1.0]
