@@ -200,3 +200,48 @@ def test_ab_clamp_zeroes_gradient_outside():
     assert ga[0] == 0 and ga[2] == 0 and ga[1] != 0
     z = hardkuma_gates(sa, sb, u)
     assert torch.isfinite(z).all()
+
+
+# ---------------------------------------------------------------- attention-level fused function
+
+
+@pytest.mark.parametrize("normalize_sum", [False, True])
+def test_attention_gates_match_reference_chain(normalize_sum):
+    from hardkuma_attention.fused import hardkuma_attention_gates
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 4, 6, generator=g, dtype=D, requires_grad=True)
+    k = torch.randn(2, 3, 5, 6, generator=g, dtype=D, requires_grad=True)
+    bias = torch.randn(4, 5, generator=g, dtype=D)
+    valid = torch.rand(2, 1, 1, 5, generator=g) > 0.3
+    qa, qb, ka, kb = q[..., :3], q[..., 3:], k[..., :3], k[..., 3:]
+    w1, l1 = hardkuma_attention_gates(qa, ka, qb, kb, 0.7, bias, valid, normalize_sum=normalize_sum, want_l0=True,
+                                      generator=torch.Generator().manual_seed(1))
+    sa = qa @ ka.transpose(-1, -2) * 0.7 + bias
+    sb = qb @ kb.transpose(-1, -2) * 0.7
+    w2 = hardkuma_weights_from_scores(sa, sb, valid, normalize="sum" if normalize_sum else "none", fused=False,
+                                      generator=torch.Generator().manual_seed(1))
+    l2 = expected_l0_sum(sa, sb, valid)
+    assert torch.allclose(w1, w2, atol=1e-12) and torch.allclose(l1, l2)
+    gw = torch.randn_like(w1)
+    g1 = torch.autograd.grad((w1 * gw).sum() + 0.3 * l1, (q, k))
+    g2 = torch.autograd.grad((w2 * gw).sum() + 0.3 * l2, (q, k))
+    for x, y in zip(g1, g2):
+        assert torch.allclose(x, y, atol=1e-10)
+
+
+def test_attention_gates_gradcheck():
+    from hardkuma_attention.fused import hardkuma_attention_gates
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 3, 4, generator=g, dtype=D, requires_grad=True)
+    k = torch.randn(1, 2, 4, 4, generator=g, dtype=D, requires_grad=True)
+    bias = torch.randn(3, 4, generator=g, dtype=D, requires_grad=True)
+    valid = torch.tensor([True, True, False, True]).view(1, 1, 1, 4)
+
+    def f(q, k, bias):
+        w, l0 = hardkuma_attention_gates(q[..., :2], k[..., :2], q[..., 2:], k[..., 2:], 0.8, bias, valid,
+                                         normalize_sum=True, want_l0=True, generator=torch.Generator().manual_seed(3))
+        return w, l0
+
+    assert torch.autograd.gradcheck(f, (q, k, bias))
