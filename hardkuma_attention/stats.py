@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterable, List, Optional, Union
 
 import torch
 
@@ -71,9 +71,14 @@ class collect_attention_stats:
     def __exit__(self, *exc) -> None:
         _ACTIVE.reset(self._token)
 
-    def total(self, key: Optional[str] = None) -> Optional[AttentionStats]:
-        """Sum of the collected stats (only those labelled ``key`` when given); None if empty."""
-        items = [s for s in self.items if key is None or s.key == key]
+    def total(self, key: Union[None, str, Iterable[str]] = None) -> Optional[AttentionStats]:
+        """Sum of the collected stats; only those labelled ``key`` (a label or several) when
+        given.  None if nothing matches."""
+        if key is None:
+            items = list(self.items)
+        else:
+            wanted = {key} if isinstance(key, str) else set(key)
+            items = [s for s in self.items if s.key in wanted]
         if not items:
             return None
         out = items[0]

@@ -302,3 +302,18 @@ def test_drop_in_transformer_decoder_layer(batch_first):
     layer.eval()
     with torch.no_grad():
         assert torch.equal(fwd(), fwd())
+
+
+def test_collector_totals_by_key():
+    a = HardKumaAttention(E, H, batch_first=True, stats_key="self")
+    b = HardKumaAttention(E, H, batch_first=True, stats_key="cross")
+    q, kv = inputs()
+    with collect_attention_stats() as stats:
+        a(q, q, q)
+        b(q, kv, kv)
+        b(q, kv, kv)
+    assert stats.total("self").cells.item() == 3 * H * 5 * 5
+    assert stats.total("cross").cells.item() == 2 * 3 * H * 5 * 7
+    both = stats.total(["self", "cross"])
+    assert both.cells.item() == stats.total().cells.item()
+    assert stats.total("encoder") is None and stats.total([]) is None
