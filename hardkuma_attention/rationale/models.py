@@ -71,6 +71,7 @@ class ModelConfig:
     skip_zeros: bool = True
     support: Tuple[float, float] = DEFAULT_SUPPORT
     ab_clamp: Tuple[float, float] = (0.1, 10.0)  # bounds P(z = 1) <= 0.95: gates never saturate at 1
+    pooling: str = "final"  # classifier summary: "final" bi-LSTM states or "max" over time
     bernoulli_decode_rate: Optional[float] = None  # eval: top ceil(rate * n) tokens instead of p >= 1/2
 
     def __post_init__(self):
@@ -78,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
+        if self.pooling not in ("final", "max"):
+            raise ValueError(f"pooling must be 'final' or 'max', got {self.pooling!r}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
         self.support = tuple(self.support)
@@ -137,14 +140,17 @@ def compact_selected(x: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor,
 
 
 class Classifier(nn.Module):
-    """Predict from ``x * z``: bi-LSTM final states -> dropout -> linear.
+    """Predict from ``x * z``: bi-LSTM final states (or, ``pooling="max"``, the max over time of its
+    outputs; better on long documents) -> dropout -> linear.
 
     With ``skip_zeros`` the tokens whose gate is exactly 0 are removed first (see
     :func:`compact_selected`); a row with nothing selected sees one zero vector.
     """
 
-    def __init__(self, embed_dim: int, hidden_size: int, num_outputs: int, dropout: float, skip_zeros: bool):
+    def __init__(self, embed_dim: int, hidden_size: int, num_outputs: int, dropout: float, skip_zeros: bool,
+                 pooling: str = "final"):
         super().__init__()
+        self.pooling = pooling
         self.encoder = LSTMEncoder(embed_dim, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(self.encoder.output_size, num_outputs)
@@ -156,7 +162,10 @@ class Classifier(nn.Module):
             x, lengths = compact_selected(x, (z != 0) & mask)
         else:
             lengths = mask.sum(1)
-        _, final = self.encoder(x, lengths)
+        states, final = self.encoder(x, lengths)
+        if self.pooling == "max":
+            valid = torch.arange(states.size(1), device=states.device).unsqueeze(0) < lengths.clamp_min(1).unsqueeze(1)
+            final = states.masked_fill(~valid.unsqueeze(-1), float("-inf")).max(1).values
         return self.output(self.dropout(final))
 
 
@@ -254,7 +263,7 @@ class RationaleModel(nn.Module):
             self.selector = BernoulliSelector(c.embed_dim, c.hidden_size, c.dropout)
         else:
             self.selector = None
-        self.classifier = Classifier(c.embed_dim, c.hidden_size, c.num_outputs, c.dropout, c.skip_zeros)
+        self.classifier = Classifier(c.embed_dim, c.hidden_size, c.num_outputs, c.dropout, c.skip_zeros, c.pooling)
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
         if self.config.task == "regression":

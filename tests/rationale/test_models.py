@@ -59,9 +59,10 @@ def test_compact_selected_keeps_order_and_lengths():
     assert out[0, :, 0].tolist() == [2.0, 4.0] and out[1].abs().sum() == 0
 
 
-def test_classifier_ignores_zeroed_and_padded_tokens():
+@pytest.mark.parametrize("pooling", ["final", "max"])
+def test_classifier_ignores_zeroed_and_padded_tokens(pooling):
     tokens, mask = batch()
-    m = model(gate="none").eval()
+    m = model(gate="none", pooling=pooling).eval()
     z = mask.float().clone()
     z[0, 2] = 0.0
     base = m.classify(tokens, mask, z)
@@ -73,12 +74,13 @@ def test_classifier_ignores_zeroed_and_padded_tokens():
     assert not torch.allclose(base, m.classify(changed, mask, z))
 
 
-def test_skip_zeros_differs_from_zero_vectors():
+@pytest.mark.parametrize("pooling", ["final", "max"])
+def test_skip_zeros_differs_from_zero_vectors(pooling):
     tokens, mask = batch()
     z = mask.float().clone()
     z[0, :3] = 0.0
-    skip = model(gate="none", skip_zeros=True).eval().classify(tokens, mask, z)
-    keep = model(gate="none", skip_zeros=False).eval().classify(tokens, mask, z)
+    skip = model(gate="none", skip_zeros=True, pooling=pooling).eval().classify(tokens, mask, z)
+    keep = model(gate="none", skip_zeros=False, pooling=pooling).eval().classify(tokens, mask, z)
     assert not torch.allclose(skip[0], keep[0])
     assert torch.allclose(skip[1:], keep[1:])
 
