@@ -6,7 +6,8 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
     L0        = mean_i  mean_{t in m_i} (1 - P(z_it = 0))         core ``functional.expected_l0``
     trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
     loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
-                (task only during the first ``constraint_warmup`` updates)
+                (task only during the first ``constraint_warmup`` updates; with
+                ``selection_anneal`` the target falls linearly from 1 to ``selection``)
 
 (the transition constraint is always the inequality ``trans <= lasso``), with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
 constraints that are set: ``selection`` / ``lasso`` None means "off").
@@ -61,6 +62,11 @@ class ObjectiveConfig:
     do not move), so the classifier learns from the full text before the selection pressure starts.
     Without it the constraint acts while the classifier still predicts the majority class, the
     selector gets no useful task gradient and every gate is switched off uniformly.
+
+    ``selection_anneal``: lower the selection target linearly from 1 to ``selection`` over the
+    first N updates (``target_t = s + (1 - s) max(0, 1 - t / N)``), so the multiplier tracks a
+    slowly moving equilibrium instead of winding up while the gates sit at 1 and then switching
+    every gate off.
     """
 
     selection: Optional[float] = None
@@ -75,6 +81,7 @@ class ObjectiveConfig:
     coherence_weight: float = 0.0
     baseline_decay: float = 0.95
     constraint_warmup: int = 0
+    selection_anneal: int = 0
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
@@ -137,6 +144,11 @@ class RationaleObjective(nn.Module):
             l0 = expected_l0(out.dist, mask, dim=-1).mean()
             stats["expected_l0"] = float(l0.detach())
             if self.selection_constraint is not None and warm:
+                if c_anneal := self.config.selection_anneal:
+                    s = self.config.selection
+                    t = max(int(self.updates) - self.config.constraint_warmup, 0)
+                    self.selection_constraint.target = s + (1 - s) * max(0.0, 1 - t / c_anneal)
+                    stats["selection_target"] = self.selection_constraint.target
                 loss = loss + self.selection_constraint(l0)
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
