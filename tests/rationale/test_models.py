@@ -144,3 +144,12 @@ def test_top_fraction_and_bernoulli_rate_decoding():
     m = model(gate="bernoulli", bernoulli_decode_rate=0.5).eval()
     z = m(tokens, mask).z
     assert z.sum(1).tolist() == [4.0, 2.0, 1.0]
+
+
+def test_selection_anneal_lowers_target_linearly():
+    tokens, mask = batch()
+    m = model(gate="hardkuma").train()
+    obj = RationaleObjective(ObjectiveConfig(selection=0.2, selection_anneal=4), "hardkuma").train()
+    targets = [obj(m(tokens, mask), torch.tensor([0, 1, 2]))[1]["selection_target"] for _ in range(6)]
+    assert targets == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.2, 0.2])
+    assert obj.selection_constraint.target == pytest.approx(0.2)
