@@ -5,7 +5,13 @@
 ``fairseq-validate`` log (pairs: the size of the split's label dataset, as fairseq loaded it).
 ``parse_log.py train LOG``: print ``words_per_s=<median over epochs of the epoch-average wps>
 best_valid_accuracy=<%> epochs=<n>`` of a ``fairseq-train`` log.
+``parse_log.py overlap LOG_A LOG_B``: ``words_per_s_a=.. words_per_s_b=.. ratio_b_over_a=.. intervals=n``
+where both are the median of the ``train_inner`` wps values logged while BOTH trainings were
+running (timestamps up to the earlier of the two last ``train_inner`` lines): two runs started
+together then compare under the same load, and the run that finishes later is not credited with
+the speed-up of running alone.
 """
+import datetime
 import argparse
 import re
 import statistics
@@ -22,14 +28,48 @@ def metrics_of(line: str) -> dict:
     return out
 
 
+def train_inner(lines):
+    """``(timestamp, wps)`` of every ``train_inner`` line."""
+    out = []
+    for line in lines:
+        if "| train_inner |" not in line:
+            continue
+        m = re.search(r"wps=([\d.]+)", line)
+        if m:
+            out.append((datetime.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S"), float(m.group(1))))
+    return out
+
+
+def overlap_wps(lines_a, lines_b):
+    """Median wps of each log over the window where both were training (see the module doc)."""
+    a, b = train_inner(lines_a), train_inner(lines_b)
+    if not a or not b:
+        raise ValueError("no train_inner lines (use --log-interval smaller than an epoch)")
+    end = min(a[-1][0], b[-1][0])
+    wa = [w for t, w in a if t <= end]
+    wb = [w for t, w in b if t <= end]
+    return statistics.median(wa), statistics.median(wb), min(len(wa), len(wb))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["validate", "train"])
+    p.add_argument("kind", choices=["validate", "train", "overlap"])
     p.add_argument("log")
+    p.add_argument("other", nargs="?", help="second log (overlap)")
     p.add_argument("--split", default="valid")
     args = p.parse_args(argv)
     with open(args.log, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()
+    if args.kind == "overlap":
+        with open(args.other, encoding="utf-8", errors="replace") as f:
+            other = f.read().splitlines()
+        try:
+            wa, wb, n = overlap_wps(lines, other)
+        except ValueError as e:
+            print(f"error: {args.log}, {args.other}: {e}", file=sys.stderr)
+            return 2
+        print(f"words_per_s_a={wa:.0f} words_per_s_b={wb:.0f} ratio_b_over_a={wb / wa:.2f} intervals={n}")
+        return 0
     if args.kind == "validate":
         found = [metrics_of(l) for l in lines if f"valid on '{args.split}' subset" in l]
         if not found or "accuracy" not in found[-1]:

@@ -51,8 +51,15 @@ for att in softmax hardkuma; do
     nz[$att]="$(sed -n 's/.*nonzero=\([^ ]*\).*/\1/p' <<< "$line")"
     wps[$att]=$(python recipes/snli/parse_log.py train "$SNLI_WORK/$att/train.log" | sed 's/ .*//; s/.*=//')
 done
+if [ "${PARALLEL:-1}" = 1 ]; then
+    # Compare speeds only over the window where both trainings ran (same load for both).
+    if both="$(python recipes/snli/parse_log.py overlap "$SNLI_WORK/softmax/train.log" "$SNLI_WORK/hardkuma/train.log")"; then
+        wps[softmax]="$(sed -n 's/.*words_per_s_a=\([^ ]*\).*/\1/p' <<< "$both")"
+        wps[hardkuma]="$(sed -n 's/.*words_per_s_b=\([^ ]*\).*/\1/p' <<< "$both")"
+    fi
+fi
 python recipes/snli/heatmap.py "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \
-    --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-2}" --out "$SNLI_WORK/heatmap.png" > "$SNLI_WORK/heatmap.log" 2>&1 \
+    --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-0}" --out "$SNLI_WORK/heatmap.png" > "$SNLI_WORK/heatmap.log" 2>&1 \
     || { cat "$SNLI_WORK/heatmap.log" >&2; snli_die "heatmap.py failed"; }
 
 ntrain=$(wc -l < "$SNLI_TEXT/train.label"); ndev=$(wc -l < "$SNLI_TEXT/valid.label")
@@ -61,7 +68,7 @@ summary="$SNLI_WORK/summary.md"
 {
     echo "Reduced training set: $ntrain SNLI train pairs, evaluated on SNLI dev ($ndev pairs); seed $SEED, $MAX_EPOCH epochs max; training took ${train_s}s wall (PARALLEL=${PARALLEL:-1}); HARDKUMA_ARGS='${HARDKUMA_ARGS:-}'."
     echo
-    echo "| attention | dev accuracy (%) | non-zero attention cells (%) | training words/s |"
+    echo "| attention | dev accuracy (%) | non-zero attention cells (%) | training words/s (median of log intervals$([ "${PARALLEL:-1}" = 1 ] && echo ", both running")) |"
     echo "|---|---|---|---|"
     echo "| softmax | ${acc[softmax]} | ${nz[softmax]} | ${wps[softmax]} |"
     echo "| hardkuma | ${acc[hardkuma]} | ${nz[hardkuma]} | ${wps[hardkuma]} |"

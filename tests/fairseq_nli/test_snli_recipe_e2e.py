@@ -33,7 +33,8 @@ def _criterion_state(path):
 
 def test_run_sh_end_to_end_then_resume(tmp_path):
     env = dict(os.environ, SNLI_WORK=str(tmp_path / "snli"), TRAIN_SIZE="300", VALID_SIZE="200",
-               MAX_UPDATE="4", MAX_EPOCH="1", L0_LR="0.5", PYTHONWARNINGS="ignore")
+               MAX_UPDATE="4", MAX_EPOCH="1", L0_LR="0.5", LOG_INTERVAL="1",
+               PYTHONWARNINGS="ignore")
     out = _run(["bash", "recipes/snli/run.sh", str(SNLI)], env)
     rows = dict(re.findall(r"^\| (softmax|hardkuma) \| (.*) \|$", out, flags=re.M))
     assert set(rows) == {"softmax", "hardkuma"}, out
