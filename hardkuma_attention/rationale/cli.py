@@ -7,6 +7,7 @@ Subcommands::
     hardkuma-rationale evaluate --model runs/sst_hk30/model.pt --format sst --data test.txt --out-dir DIR
     hardkuma-rationale predict  --model runs/sst_hk30/model.pt "a gorgeous , witty film"
     hardkuma-rationale plot     runs/*/results.json --out accuracy_vs_selected.png
+    hardkuma-rationale table    runs/*/results.json --columns accuracy,selected,token_f1
 
 ``train`` writes to ``--out``: ``model.pt`` (best on dev), ``history.jsonl`` (one dev evaluation a
 line), ``results.json`` (configs, best dev and test metrics, timing), ``predictions.<split>.jsonl``
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", choices=["dev", "test"])
     g.add_argument("--metric", default="accuracy")
     g.add_argument("--title", default="")
+    tb = sub.add_parser("table", help="Markdown table of results.json files")
+    tb.add_argument("results", nargs="+", help="results.json files")
+    tb.add_argument("--split", default="test", choices=["dev", "test"])
+    tb.add_argument("--columns", default="accuracy,selected", help="comma-separated metric names")
     return parser
 
 
@@ -278,12 +283,20 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    from .plot import load_results
+    from .report import results_table
+
+    print(results_table(load_results(args.results), args.split, args.columns.split(",")), end="")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DataFormatError
 
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot}[args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "table": cmd_table}[args.command](args)
     except (DataFormatError, FileNotFoundError) as err:
         print(f"hardkuma-rationale {args.command}: error: {err}", file=sys.stderr)
         return 2

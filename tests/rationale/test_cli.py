@@ -67,6 +67,16 @@ def test_evaluate_and_plot(trained, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_table(trained, capsys):
+    assert main(["table", str(trained / "run" / "results.json"), "--columns", "accuracy,token_f1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads((trained / "run" / "results.json").read_text())
+    assert lines[0].startswith("| run | gate | target | test accuracy % | test token_f1 %")
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:3] == ["run", "hardkuma", "0.2"]
+    assert cells[3] == f"{100 * res['test']['accuracy']:.1f}" and cells[4] == f"{100 * res['test']['token_f1']:.1f}"
+
+
 def test_bad_data_reports_file_line(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n')
