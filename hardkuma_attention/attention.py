@@ -31,7 +31,7 @@ from torch import nn
 from .distributions import DEFAULT_SUPPORT
 from .functional import NORMALIZE_MODES, hardkuma_weights_from_scores
 from .fused import expected_l0_sum, hardkuma_attention_gates
-from .stats import AttentionStats, report_stats, stats_requested
+from .stats import gate_stats, report_stats, stats_requested
 
 __all__ = ["HardKumaAttention", "MASKED_SCORE"]
 
@@ -293,7 +293,7 @@ class HardKumaAttention(nn.Module):
 
         stats = None
         if want_stats:
-            stats = self._stats(l0, valid, weights, (B, H, T, S))
+            stats = gate_stats(l0, weights, valid, self.stats_key)
             report_stats(stats)
 
         attn = F.dropout(weights, self.dropout) if (self.training and self.dropout > 0) else weights
@@ -313,11 +313,3 @@ class HardKumaAttention(nn.Module):
         if return_stats:
             return out, w_out, stats
         return out, w_out
-
-    def _stats(self, l0, valid, weights, shape) -> AttentionStats:
-        nz = weights.detach() != 0
-        if valid is None:
-            cells = torch.tensor(float(math.prod(shape)), device=weights.device)
-        else:
-            cells = valid.expand(shape).sum().to(torch.float32)
-        return AttentionStats(l0, cells, nz.sum().to(torch.float32), self.stats_key)

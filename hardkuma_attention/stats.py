@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Union
 
 import torch
 
-__all__ = ["AttentionStats", "collect_attention_stats", "report_stats", "stats_requested"]
+__all__ = ["AttentionStats", "collect_attention_stats", "gate_stats", "report_stats", "stats_requested"]
 
 
 @dataclass
@@ -51,6 +51,26 @@ class AttentionStats:
         return AttentionStats(
             self.l0_sum + other.l0_sum, self.cells + other.cells, self.nonzero + other.nonzero, key
         )
+
+
+def gate_stats(
+    l0_sum: torch.Tensor, weights: torch.Tensor, valid: Optional[torch.Tensor] = None, key: Optional[str] = None
+) -> AttentionStats:
+    """:class:`AttentionStats` of one attention map.
+
+    Args:
+        l0_sum: differentiable sum over valid cells of ``P(z != 0)`` (e.g. from
+            :func:`hardkuma_attention.fused.expected_l0_sum`).
+        weights: the weights (or gates); cells that are exactly 0 count as closed.
+        valid: bool, broadcastable to ``weights``, True = a real cell (None: all are).
+        key: label (``"self"``, ``"cross"``, ...).
+    """
+    if valid is None:
+        cells = torch.tensor(float(weights.numel()), device=weights.device)
+    else:
+        cells = valid.expand(weights.shape).sum().to(torch.float32)
+    nonzero = (weights.detach() != 0).sum().to(torch.float32)
+    return AttentionStats(l0_sum, cells, nonzero, key)
 
 
 _ACTIVE: ContextVar[tuple] = ContextVar("hardkuma_attention_stats_collectors", default=())
