@@ -14,7 +14,7 @@ from .functional import (
     masked_mean,
     nonzero_rate,
 )
-from .stats import AttentionStats, collect_attention_stats
+from .stats import AttentionStats, collect_attention_stats, gate_stats
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "collect_attention_stats",
     "expected_l0",
     "expected_transitions",
+    "gate_stats",
     "hardkuma_attention_weights",
     "hardkuma_weights_from_scores",
     "masked_mean",
