@@ -3,7 +3,7 @@ r"""Select-then-predict rationale models (Bastings, Aziz & Titov 2019; Lei, Barz
 A *selector* reads the embedded text ``x`` (``(B, T, E)``) and gives one gate ``z_t`` per token;
 a *classifier* sees only ``x_t * z_t`` and predicts the label.  Gates (``gate=``):
 
-- ``"hardkuma"``: ``z_t ~ HardKuma(a_t, b_t)`` with ``a_t = clamp(softplus(s^a_t))`` (likewise ``b``),
+- ``"hardkuma"``: ``z_t ~ HardKuma(a_t, b_t)`` with ``a_t = shape_from_score(s^a_t)`` (likewise ``b``),
   reparameterised samples in training and ``HardKuma.deterministic()`` at eval (core
   :class:`~hardkuma_attention.HardKumaraswamy`; no copy of its math here);
 - ``"bernoulli"``: ``z_t ~ Bernoulli(sigmoid(s_t))`` trained with REINFORCE (Lei et al. 2016),
@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,7 @@ __all__ = [
     "RationaleOutput",
     "LSTMEncoder",
     "compact_selected",
+    "shape_from_score",
     "Classifier",
     "IndependentSelector",
     "DependentSelector",
@@ -70,7 +73,8 @@ class ModelConfig:
     freeze_embeddings: bool = True
     skip_zeros: bool = True
     support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_clamp: Tuple[float, float] = (0.1, 10.0)  # bounds P(z = 1) <= 0.95: gates never saturate at 1
+    ab_clamp: Tuple[float, float] = (0.1, 10.0)
+    ab_map: str = "sigmoid"  # "sigmoid": log a = log lo + (log hi - log lo) sigmoid(s); "clamp": core's clamp(softplus(s))
     pooling: str = "final"  # classifier summary: "final" bi-LSTM states or "max" over time
     bernoulli_decode_rate: Optional[float] = None  # eval: top ceil(rate * n) tokens instead of p >= 1/2
 
@@ -79,6 +83,8 @@ class ModelConfig:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
+        if self.ab_map not in ("sigmoid", "clamp"):
+            raise ValueError(f"ab_map must be 'sigmoid' or 'clamp', got {self.ab_map!r}")
         if self.pooling not in ("final", "max"):
             raise ValueError(f"pooling must be 'final' or 'max', got {self.pooling!r}")
         if self.task not in ("classification", "regression"):
@@ -103,6 +109,22 @@ class RationaleOutput:
     dist: Optional[HardKumaraswamy] = None
     select_logits: Optional[torch.Tensor] = None
     log_prob_z: Optional[torch.Tensor] = None
+
+
+def shape_from_score(score: torch.Tensor, ab_clamp: Tuple[float, float], ab_map: str = "sigmoid") -> torch.Tensor:
+    r"""A HardKuma shape parameter (``a`` or ``b``) from an unconstrained score.
+
+    ``"clamp"``: the core's ``clamp(softplus(s), lo, hi)`` (:func:`~hardkuma_attention.fused.ab_from_scores`),
+    whose gradient is exactly 0 outside ``[lo, hi]``: a gate pushed there is stuck (neither the
+    task loss nor the L0 penalty can move it back).  ``"sigmoid"`` (default):
+    ``exp(log lo + (log hi - log lo) sigmoid(s))``, the same range, 1 at ``s = 0`` (uniform Kuma),
+    and a gradient that never vanishes exactly.
+    """
+    lo, hi = float(ab_clamp[0]), float(ab_clamp[1])
+    if ab_map == "clamp":
+        return ab_from_scores(score, (lo, hi))
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    return torch.exp(log_lo + (log_hi - log_lo) * torch.sigmoid(score))
 
 
 class LSTMEncoder(nn.Module):
@@ -191,13 +213,13 @@ class DependentSelector(nn.Module):
     """
 
     def __init__(self, embed_dim: int, hidden_size: int, z_hidden: int, dropout: float,
-                 support, ab_clamp):
+                 support, ab_clamp, ab_map: str = "sigmoid"):
         super().__init__()
         self.encoder = LSTMEncoder(embed_dim, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.cell = nn.LSTMCell(self.encoder.output_size + 1, z_hidden)
         self.scores = nn.Linear(self.encoder.output_size + z_hidden, 2)
-        self.support, self.ab_clamp = support, ab_clamp
+        self.support, self.ab_clamp, self.ab_map = support, ab_clamp, ab_map
 
     def forward(self, emb: torch.Tensor, mask: torch.Tensor, sample: bool):
         h, _ = self.encoder(self.dropout(emb), mask.sum(1))
@@ -209,8 +231,8 @@ class DependentSelector(nn.Module):
         for t in range(length):
             state = self.cell(torch.cat([h[:, t], z_prev], dim=-1), state)
             s = self.scores(torch.cat([h[:, t], state[0]], dim=-1))
-            a_t = ab_from_scores(s[:, 0], self.ab_clamp)
-            b_t = ab_from_scores(s[:, 1], self.ab_clamp)
+            a_t = shape_from_score(s[:, 0], self.ab_clamp, self.ab_map)
+            b_t = shape_from_score(s[:, 1], self.ab_clamp, self.ab_map)
             dist = HardKumaraswamy(a_t, b_t, support=self.support)
             z_t = dist.rsample() if sample else dist.deterministic()
             z_t = z_t * mask[:, t].to(z_t.dtype)
@@ -256,7 +278,7 @@ class RationaleModel(nn.Module):
         if c.gate == "hardkuma":
             if c.selector == "dependent":
                 self.selector = DependentSelector(c.embed_dim, c.hidden_size, c.dependent_hidden, c.dropout,
-                                                  c.support, c.ab_clamp)
+                                                  c.support, c.ab_clamp, c.ab_map)
             else:
                 self.selector = IndependentSelector(c.embed_dim, c.hidden_size, c.dropout)
         elif c.gate == "bernoulli":
@@ -288,8 +310,8 @@ class RationaleModel(nn.Module):
                 a, b, z = self.selector(emb, mask, sample=self.training)
             else:
                 scores = self.selector(emb, mask)
-                a = ab_from_scores(scores[..., 0], c.ab_clamp)
-                b = ab_from_scores(scores[..., 1], c.ab_clamp)
+                a = shape_from_score(scores[..., 0], c.ab_clamp, c.ab_map)
+                b = shape_from_score(scores[..., 1], c.ab_clamp, c.ab_map)
             dist = HardKumaraswamy(a, b, support=c.support)
             if c.selector != "dependent":
                 z = dist.rsample() if self.training else dist.deterministic()

@@ -26,12 +26,12 @@ COMMON=(--format sst --train "$DATA_DIR/sst/train.txt" --dev "$DATA_DIR/sst/dev.
         --epochs "$EPOCHS" --batch-size 25 --lr 1e-3 --weight-decay 1e-5 --hidden-size 150 --dropout 0.5
         --eval-every 171 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
 # HardKuma controller: equality constraint (lambda may turn negative; core additive update) with a
-# slow multiplier (lr 0.002), a short moving average (alpha 0.9), a, b clamped to [0.1, 10], and the
-# selection target annealed from 1 to its final value over the first two epochs (684 updates).
-# Without the annealing the gates either sat at exactly 1 while lambda wound up, or all switched
-# off at once, depending on the target; faster multipliers (lr 0.01-0.05, alpha 0.99, with or
-# without a warm-up) did the same (see README).
-LAGRANGE="--equality --lambda-init 0 --ab-clamp 0.1 10 --lagrange-lr 0.002 --lagrange-alpha 0.9 --selection-anneal 684"
+# slow multiplier (lr 0.002) and a short moving average (alpha 0.9); a, b in [0.1, 10] through a
+# smooth sigmoid map (--ab-map sigmoid).  With the core's clamp(softplus) map, gates pushed past the
+# clamp get exactly zero gradient: they sat at 1 while lambda wound up and then all switched off;
+# faster multipliers (lr 0.01-0.05, alpha 0.99), a warm-up or an annealed target did not help
+# (see README).
+LAGRANGE="--equality --lambda-init 0 --ab-map sigmoid --ab-clamp 0.1 10 --lagrange-lr 0.002 --lagrange-alpha 0.9"
 declare -A RUNS=(
   [fulltext]="--gate none"
   [hardkuma_0.1]="--gate hardkuma --selection 0.1 $LAGRANGE"
