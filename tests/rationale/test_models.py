@@ -153,3 +153,16 @@ def test_selection_anneal_lowers_target_linearly():
     targets = [obj(m(tokens, mask), torch.tensor([0, 1, 2]))[1]["selection_target"] for _ in range(6)]
     assert targets == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.2, 0.2])
     assert obj.selection_constraint.target == pytest.approx(0.2)
+
+
+def test_shape_from_score_range_and_gradient():
+    from hardkuma_attention.rationale.models import shape_from_score
+
+    s = torch.tensor([-30.0, 0.0, 30.0], requires_grad=True)
+    a = shape_from_score(s, (0.1, 10.0), "sigmoid")
+    assert a[1].item() == pytest.approx(1.0) and 0.1 <= a.min().item() and a.max().item() <= 10.0
+    a.sum().backward()
+    assert torch.all(s.grad != 0)  # smooth map: never exactly zero
+    s2 = torch.tensor([-30.0, 30.0], requires_grad=True)
+    shape_from_score(s2, (0.1, 10.0), "clamp").sum().backward()
+    assert torch.all(s2.grad == 0)  # the clamp map is flat past its bounds
