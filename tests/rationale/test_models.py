@@ -160,7 +160,7 @@ def test_shape_from_score_range_and_gradient():
 
     s = torch.tensor([-30.0, 0.0, 30.0], requires_grad=True)
     a = shape_from_score(s, (0.1, 10.0), "sigmoid")
-    assert a[1].item() == pytest.approx(1.0) and 0.1 <= a.min().item() and a.max().item() <= 10.0
+    assert a[1].item() == pytest.approx(1.0) and a.min().item() >= 0.1 - 1e-6 and a.max().item() <= 10.0 + 1e-5
     a.sum().backward()
     assert torch.all(s.grad != 0)  # smooth map: never exactly zero
     s2 = torch.tensor([-30.0, 30.0], requires_grad=True)
