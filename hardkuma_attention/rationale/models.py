@@ -118,7 +118,7 @@ def shape_from_score(score: torch.Tensor, ab_clamp: Tuple[float, float], ab_map:
     whose gradient is exactly 0 outside ``[lo, hi]``: a gate pushed there is stuck (neither the
     task loss nor the L0 penalty can move it back).  ``"sigmoid"`` (default):
     ``exp(log lo + (log hi - log lo) sigmoid(s))``, the same range, 1 at ``s = 0`` (uniform Kuma),
-    and a gradient that never vanishes exactly.
+    and no flat zone (its gradient only vanishes where sigmoid(s) rounds to 0 or 1, |s| > ~17).
     """
     lo, hi = float(ab_clamp[0]), float(ab_clamp[1])
     if ab_map == "clamp":

@@ -158,11 +158,11 @@ def test_selection_anneal_lowers_target_linearly():
 def test_shape_from_score_range_and_gradient():
     from hardkuma_attention.rationale.models import shape_from_score
 
-    s = torch.tensor([-30.0, 0.0, 30.0], requires_grad=True)
+    s = torch.tensor([-12.0, 0.0, 12.0], requires_grad=True)
     a = shape_from_score(s, (0.1, 10.0), "sigmoid")
     assert a[1].item() == pytest.approx(1.0) and a.min().item() >= 0.1 - 1e-6 and a.max().item() <= 10.0 + 1e-5
     a.sum().backward()
-    assert torch.all(s.grad != 0)  # smooth map: never exactly zero
+    assert torch.all(s.grad != 0)  # smooth map: no flat zone (until sigmoid rounds to 1 in float32)
     s2 = torch.tensor([-30.0, 30.0], requires_grad=True)
     shape_from_score(s2, (0.1, 10.0), "clamp").sum().backward()
     assert torch.all(s2.grad == 0)  # the clamp map is flat past its bounds
