@@ -1,0 +1,142 @@
+r"""Command line: ``python -m hardkuma_attention.explain <command>`` (to be wired in as
+``hardkuma-rationale explain <command>``).
+
+- ``decoy-digits``: RRR on decoy digits (accuracy with / without the penalty over seeds) and a PNG
+  of 2-D image masks of both models;
+- ``mask``: post-hoc input-mask rationales for a model trained by ``hardkuma-rationale train``
+  (ERASER-style evaluation against human spans, with gradient baselines; see
+  :mod:`hardkuma_attention.explain.text`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["build_parser", "main"]
+
+
+def write_json(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+# ---------------------------------------------------------------------------------------- decoy
+def cmd_decoy_digits(args) -> int:
+    from .decoy import (DecoyData, TrainDecoyConfig, accuracy, decoy_gradient_mass, explain_images,
+                        load_decoy_digits, train_mlp)
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    rows: List[Dict] = []
+    first_models = None
+    for patch in args.patch:
+        for seed in args.seeds:
+            train, test = load_decoy_digits(seed=seed, patch=patch)
+            clean = DecoyData(test.clean, test.y, test.annotation, test.corner, test.clean)
+            for rrr in (False, True):
+                cfg = TrainDecoyConfig(rrr=rrr, lambda1=args.lambda1, lambda1_scale=args.lambda1_scale,
+                                       lambda2=args.lambda2, epochs=args.epochs, lr=args.lr, seed=seed)
+                model, info = train_mlp(train, cfg)
+                row = {"patch": patch, "seed": seed, "rrr": rrr, "lambda1": info["lambda1"],
+                       "train_acc": accuracy(model, train), "decoy_test_acc": accuracy(model, test),
+                       "clean_test_acc": accuracy(model, clean),
+                       "grad_mass_on_patch": decoy_gradient_mass(model, test)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if first_models is None or (len(first_models) < 2 and first_models[0][1] == (patch, seed)):
+                    first_models = (first_models or []) + [(model, (patch, seed), train)]
+    summary = {}
+    lines = ["| patch | model | train acc | decoy test acc | clean test acc | input-grad mass on patch | λ1 |",
+             "|---|---|---|---|---|---|---|"]
+    for patch in args.patch:
+        for rrr in (False, True):
+            sel = [r for r in rows if r["patch"] == patch and r["rrr"] == rrr]
+            key = f"patch{patch}_{'rrr' if rrr else 'plain'}"
+            summary[key] = {k: statistics.mean(r[k] for r in sel) for k in
+                            ("train_acc", "decoy_test_acc", "clean_test_acc", "grad_mass_on_patch", "lambda1")}
+            lines.append(f"| {patch}×{patch} | {'RRR' if rrr else 'plain CE'} | "
+                         f"{_mean_std([r['train_acc'] for r in sel])} | {_mean_std([r['decoy_test_acc'] for r in sel])} | "
+                         f"{_mean_std([r['clean_test_acc'] for r in sel])} | "
+                         f"{_mean_std([r['grad_mass_on_patch'] for r in sel])} | {summary[key]['lambda1']:.3g} |")
+    table = "\n".join(lines)
+    print(table)
+
+    masks_info = {}
+    if args.mask_examples > 0 and first_models:
+        _, (patch, seed), train = first_models[0]
+        n = args.mask_examples
+        x, y, ann = train.x[:n], train.y[:n], train.annotation[:n]
+        masks, titles = [], []
+        for model, _, _ in first_models:
+            res = explain_images(model, x, y)
+            masks.append(res.mask)
+        for (model, _, _), name, m in zip(first_models, ("plain", "rrr"), masks):
+            on_patch = float(((m * ann).sum(1) / m.sum(1).clamp_min(1e-9)).mean())
+            masks_info[name] = {"mask_mass_on_patch": on_patch, "mask_mean": float(m.mean())}
+            titles.append(f"{'plain CE' if name == 'plain' else 'RRR'}: mask")
+        if args.png:
+            from .plot import save_image_masks
+
+            save_image_masks(args.png, x, masks, titles, [f"y={int(v)}" for v in y])
+            print(f"wrote {args.png}")
+        print("image masks (train images, decoy present):", json.dumps(masks_info))
+    write_json(out / "decoy_digits.json", {"args": vars(args), "runs": rows, "summary": summary,
+                                            "image_masks": masks_info, "table": table})
+    print(f"wrote {out / 'decoy_digits.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hardkuma-rationale explain", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("decoy-digits", help="RRR on scikit-learn digits with a decoy corner patch")
+    d.add_argument("--out", required=True, help="output folder (decoy_digits.json)")
+    d.add_argument("--png", default=None, help="PNG of image masks of the plain and the RRR model")
+    d.add_argument("--patch", type=int, nargs="+", default=[2], help="decoy patch side(s) (default 2)")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--epochs", type=int, default=60)
+    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--lambda1", type=float, default=None, help="RRR weight (default: auto x --lambda1-scale)")
+    d.add_argument("--lambda1-scale", type=float, default=0.01,
+                   help="multiplies the auto λ1 (CE / penalty at init); 1 over-regularises here (default 0.01)")
+    d.add_argument("--lambda2", type=float, default=1e-4, help="L2 weight on the parameters")
+    d.add_argument("--mask-examples", type=int, default=6, help="images explained by mask optimisation")
+    d.add_argument("--threads", type=int, default=1)
+
+    try:
+        from .text import add_mask_parser
+    except ImportError:  # pragma: no cover - text module optional while it is being built
+        add_mask_parser = None
+    if add_mask_parser is not None:
+        add_mask_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "decoy-digits":
+        return cmd_decoy_digits(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
