@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections import defaultdict
@@ -100,17 +101,21 @@ def cross_attention_of_translation(model, task, subset: str, index: int, beam: i
 
 
 def draw_heatmap(src, tgt, weights: torch.Tensor, out: Path, title: str) -> None:
-    """One panel per head plus the head mean; rows = generated tokens, columns = source tokens."""
+    """One panel per head plus the head mean; rows = generated tokens, columns = source tokens;
+    exact zeros white."""
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq leaves the root logger chatty
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_under("white")  # exact zeros are white; any positive weight is coloured
     panels = list(weights) + [weights.mean(0)]
     names = [f"head {h}" for h in range(weights.size(0))] + ["mean"]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 0.22 * len(tgt) + 2.2))
     for ax, w, name in zip(axes, panels, names):
-        im = ax.imshow(w.numpy(), vmin=0.0, vmax=1.0, cmap="Greys", aspect="auto")
+        im = ax.imshow(w.numpy(), vmin=1e-9, vmax=1.0, cmap=cmap, aspect="auto")
         ax.set_xticks(range(len(src)), src, rotation=90, fontsize=6)
         ax.set_yticks(range(len(tgt)), tgt if ax is axes[0] else [""] * len(tgt), fontsize=6)
         ax.set_title(f"{name}: {100.0 * float((w > 0).float().mean()):.0f}% > 0", fontsize=8)

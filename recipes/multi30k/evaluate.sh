@@ -6,8 +6,8 @@
 # CKPT_DIR: a train.sh save dir (uses $CHECKPOINT, default checkpoint_best.pt).  SUBSET: test
 # (test_2016_flickr, default) or valid.  Data: $DATA_BIN (runs/multi30k/data-bin) and $TEXT_DIR
 # (runs/multi30k/text: spm.model and raw references), both made by prepare.sh.
-# Env: BEAM (5), BATCH (64), THREADS (1), HEATMAP_INDEX (0).
-# Writes into CKPT_DIR: gen.SUBSET.txt (fairseq-generate), hyp.SUBSET.txt (detokenised),
+# Env: BEAM (5), BATCH (64), THREADS (1), HEATMAP_INDEX (0), OUT_DIR (CKPT_DIR).
+# Writes into OUT_DIR: gen.SUBSET.txt (fairseq-generate), hyp.SUBSET.txt (detokenised),
 # bleu.SUBSET.json, sparsity.SUBSET.json, heatmap.SUBSET.png.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -16,6 +16,8 @@ SUBSET="${2:-test}"
 DATA_BIN="${DATA_BIN:-$ROOT/runs/multi30k/data-bin}"
 TEXT_DIR="${TEXT_DIR:-$ROOT/runs/multi30k/text}"
 CKPT="$CKPT_DIR/${CHECKPOINT:-checkpoint_best.pt}"
+OUT="${OUT_DIR:-$CKPT_DIR}"
+mkdir -p "$OUT"
 THREADS="${THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 [[ -f "$CKPT" ]] || { echo "evaluate.sh: no checkpoint $CKPT" >&2; exit 2; }
@@ -24,14 +26,14 @@ export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 fairseq-generate "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" --path "$CKPT" \
   --task translation --source-lang de --target-lang en --gen-subset "$SUBSET" \
   --beam "${BEAM:-5}" --batch-size "${BATCH:-64}" --required-batch-size-multiple 1 \
-  --cpu --num-workers 0 > "$CKPT_DIR/gen.$SUBSET.txt" 2> "$CKPT_DIR/gen.$SUBSET.log" \
-  || { tail -n 20 "$CKPT_DIR/gen.$SUBSET.log" >&2; exit 1; }
+  --cpu --num-workers 0 > "$OUT/gen.$SUBSET.txt" 2> "$OUT/gen.$SUBSET.log" \
+  || { tail -n 20 "$OUT/gen.$SUBSET.log" >&2; exit 1; }
 # hypotheses in corpus order: "H-<id>\t<score>\t<pieces>"
-grep '^H-' "$CKPT_DIR/gen.$SUBSET.txt" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
-  | python "$ROOT/recipes/multi30k/text.py" detok --spm "$TEXT_DIR/spm.model" --lang en > "$CKPT_DIR/hyp.$SUBSET.txt"
-python "$ROOT/recipes/multi30k/score.py" --hyp "$CKPT_DIR/hyp.$SUBSET.txt" --ref "$TEXT_DIR/raw/$SUBSET.en" \
-  --json "$CKPT_DIR/bleu.$SUBSET.json"
+grep '^H-' "$OUT/gen.$SUBSET.txt" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
+  | python "$ROOT/recipes/multi30k/text.py" detok --spm "$TEXT_DIR/spm.model" --lang en > "$OUT/hyp.$SUBSET.txt"
+python "$ROOT/recipes/multi30k/score.py" --hyp "$OUT/hyp.$SUBSET.txt" --ref "$TEXT_DIR/raw/$SUBSET.en" \
+  --json "$OUT/bleu.$SUBSET.json"
 python "$ROOT/recipes/multi30k/analyze.py" sparsity --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
-  --json "$CKPT_DIR/sparsity.$SUBSET.json" 2>&1 | grep -v tensorboardX
+  --json "$OUT/sparsity.$SUBSET.json" 2>&1 | grep -v tensorboardX
 python "$ROOT/recipes/multi30k/analyze.py" heatmap --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
-  --index "${HEATMAP_INDEX:-0}" --out "$CKPT_DIR/heatmap.$SUBSET.png" 2>&1 | grep -v tensorboardX
+  --index "${HEATMAP_INDEX:-0}" --out "$OUT/heatmap.$SUBSET.png" 2>&1 | grep -v tensorboardX
