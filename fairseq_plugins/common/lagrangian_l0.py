@@ -85,6 +85,13 @@ class LagrangianL0Config(FairseqDataclass):
     l0_lambda_init: float = field(default=1e-4, metadata={"help": "initial multiplier (paper: 1e-4)"})
     l0_lambda_min: float = field(default=1e-12, metadata={"help": "lower bound of the multiplier"})
     l0_lambda_max: float = field(default=5.0, metadata={"help": "upper bound of the multiplier"})
+    l0_equality: bool = field(
+        default=False,
+        metadata={
+            "help": "drive the expected L0 to --l0-target from both sides (lambda may turn negative) "
+            "instead of only keeping it below"
+        },
+    )
 
 
 def _parse_keys(keys: str | Sequence[str] | None) -> Tuple[str, ...]:
@@ -101,7 +108,7 @@ class LagrangianL0(nn.Module):
     Args:
         target: constraint level (fraction of cells); None: log only, no penalty.
         keys: stats keys whose cells are constrained (empty: all collected stats).
-        lr, alpha, lambda_init, lambda_min, lambda_max: see :class:`LagrangianConstraint`.
+        lr, alpha, lambda_init, lambda_min, lambda_max, equality: see :class:`LagrangianConstraint`.
     """
 
     def __init__(
@@ -113,6 +120,7 @@ class LagrangianL0(nn.Module):
         lambda_init: float = 1e-4,
         lambda_min: float = 1e-12,
         lambda_max: float = 5.0,
+        equality: bool = False,
     ):
         super().__init__()
         if target is not None and not 0.0 <= target <= 1.0:
@@ -122,7 +130,7 @@ class LagrangianL0(nn.Module):
         self.constraint = (
             LagrangianConstraint(
                 target, alpha=alpha, lr=lr, lambda_init=lambda_init,
-                lambda_min=lambda_min, lambda_max=lambda_max,
+                lambda_min=lambda_min, lambda_max=lambda_max, equality=equality,
             )
             if target is not None
             else None
@@ -134,6 +142,7 @@ class LagrangianL0(nn.Module):
         return cls(
             target=cfg.l0_target, keys=cfg.l0_keys, lr=cfg.l0_lagrange_lr, alpha=cfg.l0_lagrange_alpha,
             lambda_init=cfg.l0_lambda_init, lambda_min=cfg.l0_lambda_min, lambda_max=cfg.l0_lambda_max,
+            equality=bool(getattr(cfg, "l0_equality", False)),
         )
 
     @property

@@ -104,3 +104,13 @@ def test_criterion_state_is_checkpointed_and_fp16_safe():
     assert fresh.l0.constraint.lagrange_multiplier.dtype == torch.float32
     assert fresh.l0.multiplier == pytest.approx(crit.l0.multiplier)
     assert int(fresh.l0.constraint.num_updates) == 1
+
+
+def test_equality_constraint_pushes_a_low_l0_up():
+    cfg = type("C", (_Cfg,), {"l0_equality": True, "l0_lambda_init": 0.0})
+    l0 = LagrangianL0.from_cfg(cfg)
+    stats, x = _collect(2.0, 100.0, 2.0)  # 2 % < target 10 %
+    penalty, _ = l0(stats, sample_size=1)
+    assert l0.multiplier < 0  # lambda turned negative ...
+    penalty.backward()
+    assert x.grad.item() < 0  # ... so the loss gradient raises the expected L0
