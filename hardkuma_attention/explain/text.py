@@ -1,0 +1,234 @@
+r"""Explaining a text classifier trained by ``hardkuma-rationale train`` (ERASER-style evaluation).
+
+Token scores ``s`` ``(B, T)`` per method, all for the class ``ŷ`` the model predicts on the full
+text, all in the same embedding space (the classifier is run on ``E(x)`` directly):
+
+- ``mask``: input-mask optimisation (:func:`~hardkuma_attention.explain.mask.optimise_masks`,
+  Gaussian-kernel mask, sigmoid gate), ``s = m``;
+- ``mask-hardkuma``: the same with HardKuma gates and the expected-L0 Lagrangian constraint;
+- ``input-x-gradient``: ``s_t = Σ_e x_te ∂ log p(ŷ)/∂x_te``;
+- ``integrated-gradients``: ``s_t = Σ_e (x_te - x'_te) · mean_{k=1..K} ∂ log p(ŷ)/∂x_te at
+  x' + (k - 1/2)/K (x - x')`` (midpoint Riemann sum, ``K = 20``), baseline ``x'`` = padding
+  embedding.
+
+Scores are turned into hard rationales by keeping the top ``fraction`` of each text's tokens
+(:func:`~hardkuma_attention.rationale.models.top_fraction`; default fraction = the human rationale
+rate of the evaluated set, as ERASER does for soft scores), then compared with the human spans:
+token P/R/F1 and IOU-F1 (:mod:`hardkuma_attention.rationale.metrics`), and AUPRC of the soft scores
+(per text, averaged).  Faithfulness uses the rationale package's convention (removed tokens are
+skipped by the classifier): comprehensiveness / sufficiency at the hard rationale, and AOPC: the
+mean of both over keep/remove fractions 5 %, 15 %, ..., 95 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..rationale.data import mask_to_spans, read_examples
+from ..rationale.highlight import write_html
+from ..rationale.metrics import faithfulness, iou_f1, token_prf
+from ..rationale.models import top_fraction
+from ..rationale.train import Pipeline, load_pipeline
+from .mask import MaskConfig, optimise_masks
+
+__all__ = ["METHODS", "classifier_fn", "token_scores", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
+
+METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients")
+AOPC_FRACTIONS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
+
+
+def classifier_fn(pipeline: Pipeline) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(emb (B, T, E), valid (B, T)) -> logits``: the pipeline's classifier on the full text (all
+    gates 1), bypassing the selector, so it takes (masked) embeddings directly."""
+    model = pipeline.model
+    model.eval()
+
+    def f(emb, valid):
+        return model._finish(model.classifier(emb, valid.to(emb.dtype), valid))
+    return f
+
+
+def _log_p_target_grad(f, emb, valid, target) -> torch.Tensor:
+    x = emb.detach().requires_grad_(True)
+    log_p = torch.log_softmax(f(x, valid), -1).gather(-1, target.unsqueeze(-1)).sum()
+    (g,) = torch.autograd.grad(log_p, x)
+    return g
+
+
+def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: torch.Tensor,
+                 target: torch.Tensor, mask_config: Optional[MaskConfig] = None, ig_steps: int = 20) -> torch.Tensor:
+    """Scores ``(B, T)`` (0 on padding) for one batch; see the module docstring."""
+    f = classifier_fn(pipeline)
+    with torch.no_grad():
+        emb = pipeline.model.embed(tokens)
+        baseline = pipeline.model.embed.weight[0]
+    if method in ("mask", "mask-hardkuma"):
+        cfg = mask_config or MaskConfig()
+        cfg = replace(cfg, gate="hardkuma" if method == "mask-hardkuma" else "sigmoid",
+                      init_weight=None, init_logit=None)
+        scores = optimise_masks(f, emb, valid, target=target, baseline=baseline, config=cfg).mask
+    elif method == "input-x-gradient":
+        scores = (emb * _log_p_target_grad(f, emb, valid, target)).sum(-1)
+    elif method == "integrated-gradients":
+        total = torch.zeros_like(emb)
+        for k in range(ig_steps):
+            alpha = (k + 0.5) / ig_steps
+            total += _log_p_target_grad(f, baseline + alpha * (emb - baseline), valid, target)
+        scores = ((emb - baseline) * total / ig_steps).sum(-1)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    return scores.detach() * valid.to(scores.dtype)
+
+
+def auprc(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[bool]]) -> float:
+    """Mean per-text average precision of ``scores`` against the human mask (texts with a
+    non-empty human rationale only)."""
+    from sklearn.metrics import average_precision_score
+
+    vals = [average_precision_score(list(g), list(s)) for s, g in zip(scores, golds) if any(g) and not all(g)]
+    return sum(vals) / max(len(vals), 1)
+
+
+def aopc(predict_proba, valid: torch.Tensor, scores: torch.Tensor,
+         fractions: Sequence[float] = AOPC_FRACTIONS) -> Dict[str, List[float]]:
+    """Per-text AOPC comprehensiveness / sufficiency: means over ``fractions`` of the ERASER
+    quantities at the top-``fraction`` tokens."""
+    comp = torch.zeros(valid.size(0))
+    suff = torch.zeros(valid.size(0))
+    for frac in fractions:
+        r = faithfulness(predict_proba, valid, top_fraction(scores, valid, frac))
+        comp += torch.tensor(r["comprehensiveness"])
+        suff += torch.tensor(r["sufficiency"])
+    return {"aopc_comprehensiveness": (comp / len(fractions)).tolist(),
+            "aopc_sufficiency": (suff / len(fractions)).tolist()}
+
+
+def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fraction: Optional[float] = None,
+                     batch_size: int = 50, mask_config: Optional[MaskConfig] = None, progress: bool = True):
+    """``(rows, records)``: one metrics row per method and per-text records (scores, spans)."""
+    examples = [ex for ex in examples if ex.rationale is not None]
+    if not examples:
+        raise ValueError("no example has a human rationale")
+    batches = list(pipeline.batches(examples, batch_size))
+    if fraction is None:
+        gold_tok = sum(sum(ex.rationale[: int(b.mask[r].sum())]) for b in batches for r, ex in
+                       ((r, examples[i]) for r, i in enumerate(b.indices)))
+        fraction = gold_tok / sum(int(b.mask.sum()) for b in batches)
+    rows, records = [], {m: [None] * len(examples) for m in methods}
+    for method in methods:
+        start = time.time()
+        preds, golds, soft, faith = [], [], [], {"comprehensiveness": [], "sufficiency": [],
+                                                 "aopc_comprehensiveness": [], "aopc_sufficiency": []}
+        correct = 0
+        it = batches
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(batches, desc=method, leave=False)
+        for b in it:
+            with torch.no_grad():
+                logits = classifier_fn(pipeline)(pipeline.model.embed(b.tokens), b.mask)
+            target = logits.argmax(-1)
+            correct += int((target == b.targets).sum())
+            scores = token_scores(method, pipeline, b.tokens, b.mask, target, mask_config)
+            hard = top_fraction(scores, b.mask, fraction)
+
+            def predict_proba(keep, b=b):
+                return torch.softmax(pipeline.model.classify(b.tokens, b.mask, keep.float()), -1)
+            fa = faithfulness(predict_proba, b.mask, hard)
+            ao = aopc(predict_proba, b.mask, scores)
+            for k in ("comprehensiveness", "sufficiency"):
+                faith[k] += fa[k]
+            for k in ao:
+                faith[k] += ao[k]
+            for row, i in enumerate(b.indices):
+                n = int(b.mask[row].sum())
+                gold = list(examples[i].rationale[:n])
+                preds.append(hard[row, :n].tolist())
+                golds.append(gold)
+                soft.append(scores[row, :n].tolist())
+                records[method][i] = {"id": examples[i].id, "label": examples[i].label,
+                                      "prediction": pipeline.labels.decode(int(target[row])),
+                                      "tokens": examples[i].tokens[:n], "gold_rationale": gold,
+                                      "scores": [round(s, 4) for s in scores[row, :n].tolist()],
+                                      "rationale_spans": [list(s) for s in mask_to_spans(hard[row, :n].tolist())]}
+        prf = token_prf(preds, golds)
+        row = {"method": method, "n": len(examples), "fraction": fraction, "accuracy": correct / len(examples),
+               "token_precision": prf["precision"], "token_recall": prf["recall"], "token_f1": prf["f1"],
+               "iou_f1": iou_f1(preds, golds)["f1"], "auprc": auprc(soft, golds),
+               **{k: sum(v) / len(v) for k, v in faith.items()}, "seconds": time.time() - start}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows, records
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    cols = ["token_f1", "iou_f1", "auprc", "comprehensiveness", "sufficiency", "aopc_comprehensiveness",
+            "aopc_sufficiency", "seconds"]
+    head = "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for r in rows:
+        lines.append(f"| {r['method']} | " + " | ".join(f"{r[c]:.3f}" if c != "seconds" else f"{r[c]:.0f}"
+                                                       for c in cols) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def cmd_mask(args) -> int:
+    from .cli import write_json
+
+    torch.set_num_threads(args.threads)
+    pipeline = load_pipeline(args.model)
+    if args.max_length is not None:
+        pipeline.max_length = args.max_length
+    examples = read_examples(args.data, args.format)
+    if args.limit:
+        examples = examples[: args.limit]
+    cfg = MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, lagrange_lr=args.lagrange_lr,
+                     seed=args.seed)
+    rows, records = evaluate_methods(pipeline, examples, args.methods, args.fraction, args.batch_size, cfg,
+                                     progress=args.progress)
+    out = Path(args.out)
+    table = markdown_table(rows)
+    print(table)
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    write_json(out / "explain_results.json", {"args": settings, "rows": rows, "table": table})
+    for method in args.methods:
+        recs = [r for r in records[method] if r is not None][: args.html_examples]
+        pages = []
+        for r in recs:
+            hard = [0.0] * len(r["tokens"])
+            for s, e in r["rationale_spans"]:
+                hard[s:e] = [1.0] * (e - s)
+            pages.append({**r, "gates": hard})
+        write_html(out / f"{method}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%})")
+    print(f"wrote {out}/explain_results.json and HTML pages")
+    return 0
+
+
+def add_mask_parser(sub) -> None:
+    m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
+    m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
+    m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
+    m.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
+    m.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the model's)")
+    m.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    m.add_argument("--fraction", type=float, default=None,
+                   help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
+    m.add_argument("--limit", type=int, default=0, help="first N examples only")
+    m.add_argument("--batch-size", type=int, default=50)
+    m.add_argument("--max-steps", type=int, default=900, help="mask optimisation steps (convergence stop)")
+    m.add_argument("--l0-target", type=float, default=0.1, help="mask-hardkuma: expected-L0 target")
+    m.add_argument("--lagrange-lr", type=float, default=0.05)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--html-examples", type=int, default=30)
+    m.add_argument("--no-progress", dest="progress", action="store_false")
+    m.add_argument("--out", required=True, help="output folder")
+    m.set_defaults(func=cmd_mask)
