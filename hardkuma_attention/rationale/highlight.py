@@ -21,9 +21,9 @@ from __future__ import annotations
 import html
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
+
+from .io import write_text
 
 __all__ = ["terminal_highlight", "html_tokens", "html_page", "write_html"]
 
@@ -112,9 +112,4 @@ def html_page(records: Iterable[Mapping], title: str = "Rationales") -> str:
 
 def write_html(path, records: Iterable[Mapping], title: str = "Rationales") -> None:
     """Write :func:`html_page` to ``path`` atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(html_page(records, title))
-    os.replace(tmp, path)
+    write_text(path, html_page(records, title))

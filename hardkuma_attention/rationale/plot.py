@@ -7,10 +7,9 @@ Full-text runs (``gate == "none"``) are drawn as a horizontal reference line.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Dict, List, Sequence
+
+from .io import atomic_output
 
 __all__ = ["load_results", "plot_accuracy_vs_selection"]
 
@@ -57,10 +56,6 @@ def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(out_path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_path)

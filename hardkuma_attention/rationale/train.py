@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 
 from .data import Example, mask_to_spans
 from .embeddings import Vocab
+from .io import atomic_output, write_json, write_jsonl
 from .metrics import accuracy, faithfulness, iou_f1, mean_squared_error, token_prf
 from .models import ModelConfig, RationaleModel
 from .objectives import ObjectiveConfig, RationaleObjective
@@ -39,27 +38,6 @@ from .objectives import ObjectiveConfig, RationaleObjective
 __all__ = ["LabelMap", "Batch", "Pipeline", "TrainConfig", "train", "load_pipeline", "write_json", "write_jsonl"]
 
 CHECKPOINT_FORMAT = "hardkuma-rationale/1"
-
-
-def write_json(path, obj) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path, records) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 class LabelMap:
@@ -243,12 +221,8 @@ class Pipeline:
 
     def save(self, path, extra: Optional[dict] = None) -> None:
         """Save atomically to ``path`` (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(self.state(extra), tmp)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            torch.save(self.state(extra), tmp)
 
 
 def load_pipeline(path) -> Pipeline:
