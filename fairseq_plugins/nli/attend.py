@@ -35,11 +35,10 @@ from typing import NamedTuple, Tuple
 import torch
 from torch import nn
 
-from hardkuma_attention import AttentionStats
 from hardkuma_attention.distributions import DEFAULT_SUPPORT
 from hardkuma_attention.functional import NORMALIZE_MODES, hardkuma_weights_from_scores, normalize_gates
 from hardkuma_attention.fused import expected_l0_sum
-from hardkuma_attention.stats import report_stats, stats_requested
+from hardkuma_attention.stats import gate_stats, report_stats, stats_requested
 
 __all__ = ["FeedForward", "TwinFeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY", "ATTEND_MLPS"]
 
@@ -164,10 +163,7 @@ class HardKumaAttend(nn.Module):
         )  # (B, P, H), exactly 0 on masked cells
         if stats_requested():
             l0 = expected_l0_sum(score_a, score_b, mask, self.support, self.ab_clamp)
-            report_stats(AttentionStats(
-                l0.float(), mask.sum().to(torch.float32),
-                (gates.detach() != 0).sum().to(torch.float32), self.stats_key,
-            ))
+            report_stats(gate_stats(l0.float(), gates, mask, self.stats_key))
         mask_t = mask.transpose(1, 2)
         to_h = normalize_gates(gates, self.normalize, score_a, mask)
         to_p = normalize_gates(gates.transpose(1, 2), self.normalize, score_a.transpose(1, 2), mask_t)
