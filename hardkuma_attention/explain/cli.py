@@ -79,24 +79,24 @@ def cmd_decoy_digits(args) -> int:
     print(table)
 
     masks_info = {}
-    if args.mask_examples > 0 and first_models:
+    n = max(args.mask_examples, args.mask_stat_examples)
+    if n > 0 and first_models:
         _, (patch, seed), train = first_models[0]
-        n = args.mask_examples
         x, y, ann = train.x[:n], train.y[:n], train.annotation[:n]
         masks, titles = [], []
-        for model, _, _ in first_models:
-            res = explain_images(model, x, y)
-            masks.append(res.mask)
-        for (model, _, _), name, m in zip(first_models, ("plain", "rrr"), masks):
-            on_patch = float(((m * ann).sum(1) / m.sum(1).clamp_min(1e-9)).mean())
-            masks_info[name] = {"mask_mass_on_patch": on_patch, "mask_mean": float(m.mean())}
+        for (model, _, _), name in zip(first_models, ("plain", "rrr")):
+            m = explain_images(model, x, y).mask
+            masks.append(m[: args.mask_examples])
+            masks_info[name] = {"images": n, "mask_mass_on_patch": float(((m * ann).sum(1) / m.sum(1).clamp_min(1e-9)).mean()),
+                                "patch_mask_mean": float((m * ann).sum() / ann.sum()), "mask_mean": float(m.mean())}
             titles.append(f"{'plain CE' if name == 'plain' else 'RRR'}: mask")
-        if args.png:
+        if args.png and args.mask_examples > 0:
             from .plot import save_image_masks
 
-            save_image_masks(args.png, x, masks, titles, [f"y={int(v)}" for v in y])
+            save_image_masks(args.png, x[: args.mask_examples], masks, titles,
+                             [f"y={int(v)}" for v in y[: args.mask_examples]])
             print(f"wrote {args.png}")
-        print("image masks (train images, decoy present):", json.dumps(masks_info))
+        print(f"image masks ({n} training images of patch {patch}, seed {seed}, decoy present):", json.dumps(masks_info))
     write_json(out / "decoy_digits.json", {"args": vars(args), "runs": rows, "summary": summary,
                                             "image_masks": masks_info, "table": table})
     print(f"wrote {out / 'decoy_digits.json'}")
@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lambda1-scale", type=float, default=0.01,
                    help="multiplies the auto λ1 (CE / penalty at init); 1 over-regularises here (default 0.01)")
     d.add_argument("--lambda2", type=float, default=1e-4, help="L2 weight on the parameters")
-    d.add_argument("--mask-examples", type=int, default=6, help="images explained by mask optimisation")
+    d.add_argument("--mask-examples", type=int, default=6, help="images shown in the PNG")
+    d.add_argument("--mask-stat-examples", type=int, default=200,
+                   help="training images explained by mask optimisation for the mask-on-patch statistic")
     d.add_argument("--threads", type=int, default=1)
 
     try:

@@ -46,7 +46,7 @@ def test_cli_decoy_digits_smoke(tmp_path):
     import json
 
     assert main(["decoy-digits", "--out", str(tmp_path), "--seeds", "0", "--epochs", "2",
-                 "--mask-examples", "0"]) == 0
+                 "--mask-examples", "0", "--mask-stat-examples", "0"]) == 0
     res = json.loads((tmp_path / "decoy_digits.json").read_text())
     assert {r["rrr"] for r in res["runs"]} == {False, True}
     assert res["summary"]["patch2_rrr"]["lambda1"] > 0
