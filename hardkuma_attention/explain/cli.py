@@ -28,6 +28,7 @@ def write_json(path, obj) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

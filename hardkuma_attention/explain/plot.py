@@ -38,5 +38,6 @@ def save_image_masks(path, images: torch.Tensor, masks: Sequence[torch.Tensor], 
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     fig.savefig(tmp, dpi=90)
+    os.chmod(tmp, 0o644)
     plt.close(fig)
     os.replace(tmp, path)
