@@ -17,8 +17,8 @@ def test_hardkuma_selection_hits_target_and_selects_marker(tmp_path):
     cfg = ModelConfig(vocab_size=len(vocab), embed_dim=16, hidden_size=16, num_outputs=2, gate="hardkuma",
                       dropout=0.0, freeze_embeddings=False, ab_map="clamp")
     # A short run: a faster multiplier than the SST default.  ab_map="clamp": with the default
-    # sigmoid map this seed converges to a colluding solution (the selector marks a filler next to
-    # "bad" instead of the marker itself; accuracy 1.0, marker recall ~0.5), see the README.
+    # sigmoid map this seed converges to a degenerate but valid solution, selecting only the "good"
+    # markers (5 % selected, accuracy 1.0: "nothing selected" is read as "bad"); see the README.
     objective = RationaleObjective(ObjectiveConfig(selection=0.1, lagrange_lr=0.01), "hardkuma")
     pipe = Pipeline(RationaleModel(cfg), objective, vocab, labels)
     train(pipe, train_ex, dev_ex, TrainConfig(epochs=6, batch_size=25, lr=3e-3, eval_every=30, progress=False), tmp_path)
