@@ -11,8 +11,9 @@ Modules (each usable on its own):
 - :mod:`.metrics`     accuracy, token P/R/F1, IOU-F1, ERASER comprehensiveness / sufficiency;
 - :mod:`.highlight`   HTML page and terminal highlighting of rationales;
 - :mod:`.train`       the one trainer, :class:`Pipeline` (predict / evaluate / save), checkpoints;
-- :mod:`.plot`        accuracy vs % selected;
-- :mod:`.cli`         ``hardkuma-rationale train|evaluate|predict|plot``.
+- :mod:`.plot`        accuracy vs % selected;  :mod:`.report`  Markdown results tables;
+- :mod:`.io`          atomic output files;
+- :mod:`.cli`         ``hardkuma-rationale train|evaluate|predict|plot|table``.
 
 Importing this package imports torch but not tqdm or matplotlib (those load when used).
 """
