@@ -9,8 +9,10 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
                 (task only during the first ``constraint_warmup`` updates; with
                 ``selection_anneal`` the target falls linearly from 1 to ``selection``)
 
-(the transition constraint is always the inequality ``trans <= lasso``), with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint` (only the
-constraints that are set: ``selection`` / ``lasso`` None means "off").
+with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint`, only for
+the constraints that are set (``selection`` / ``lasso`` None means "off").  The selection
+constraint is an equality by default (``equality``); the transition constraint is always the
+inequality ``trans <= lasso``.
 
 Bernoulli gates, REINFORCE (Lei et al. 2016), per example ``i``::
 
