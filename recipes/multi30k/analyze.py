@@ -103,9 +103,9 @@ def cross_attention_of_translation(model, task, subset: str, index: int, beam: i
 def draw_heatmap(src, tgt, weights: torch.Tensor, out: Path, title: str) -> None:
     """One panel per head plus the head mean; rows = generated tokens, columns = source tokens;
     exact zeros white."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq leaves the root logger chatty
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq leaves the root logger chatty
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     if args.cmd == "sparsity":
         result = sparsity(model, task, args.subset, args.limit)
         if not result:
-            print("no HardKuma attention in this model (softmax weights are all > 0: 100% non-zero)")
+            print("no HardKuma attention in this model (softmax weights: all > 0 up to float underflow)")
         for key, r in result.items():
             print(f"{key:13s} non-zero {r['nonzero_pct']:6.2f}%  expected L0 {r['expected_l0']:.4f}  cells {int(r['cells'])}")
         if args.json:
