@@ -168,14 +168,31 @@ def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fract
     return rows, records
 
 
+def rationale_model_row(pipeline: Pipeline, examples, batch_size: int = 50) -> dict:
+    """The same metrics for a select-then-predict rationale model (its own gates ``z != 0`` as the
+    rationale, its own classifier), via :meth:`Pipeline.evaluate`; AUPRC from the gate values;
+    no AOPC (a rationale model gives one rationale, not a ranking)."""
+    start = time.time()
+    examples = [ex for ex in examples if ex.rationale is not None]
+    metrics, records = pipeline.evaluate(examples, batch_size, with_faithfulness=True)
+    golds = [list(ex.rationale[: len(r["gates"])]) for r, ex in zip(records, examples)]
+    nan = float("nan")
+    return {"method": "rationale model (own classifier)", "n": len(examples), "fraction": metrics["selected_tokens"],
+            "accuracy": metrics["accuracy"], "token_precision": metrics["token_precision"],
+            "token_recall": metrics["token_recall"], "token_f1": metrics["token_f1"], "iou_f1": metrics["iou_f1"],
+            "auprc": auprc([r["gates"] for r in records], golds),
+            "comprehensiveness": metrics["comprehensiveness"], "sufficiency": metrics["sufficiency"],
+            "aopc_comprehensiveness": nan, "aopc_sufficiency": nan, "seconds": time.time() - start}
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
-    cols = ["token_f1", "iou_f1", "auprc", "comprehensiveness", "sufficiency", "aopc_comprehensiveness",
+    cols = ["accuracy", "fraction", "token_f1", "iou_f1", "auprc", "comprehensiveness", "sufficiency", "aopc_comprehensiveness",
             "aopc_sufficiency", "seconds"]
     head = "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{r[c]:.3f}" if c != "seconds" else f"{r[c]:.0f}"
-                                                       for c in cols) + " |")
+        cells = ["–" if math.isnan(r[c]) else f"{r[c]:.0f}" if c == "seconds" else f"{r[c]:.3f}" for c in cols]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -193,7 +210,12 @@ def cmd_mask(args) -> int:
     cfg = MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, lagrange_lr=args.lagrange_lr,
                      seed=args.seed)
     rows, records = evaluate_methods(pipeline, examples, args.methods, args.fraction, args.batch_size, cfg,
-                                     progress=args.progress)
+                                     progress=args.progress) if args.methods else ([], {})
+    if args.rationale_model:
+        other = load_pipeline(args.rationale_model)
+        other.max_length = pipeline.max_length
+        rows.append(rationale_model_row(other, examples, args.batch_size))
+        print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     table = markdown_table(rows)
     print(table)
@@ -207,7 +229,7 @@ def cmd_mask(args) -> int:
             for s, e in r["rationale_spans"]:
                 hard[s:e] = [1.0] * (e - s)
             pages.append({**r, "gates": hard})
-        write_html(out / f"{method}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%})")
+        write_html(out / f"{method}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%} of tokens)")
     print(f"wrote {out}/explain_results.json and HTML pages")
     return 0
 
@@ -218,7 +240,9 @@ def add_mask_parser(sub) -> None:
     m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
     m.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
     m.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the model's)")
-    m.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    m.add_argument("--rationale-model", default=None,
+                   help="also evaluate this select-then-predict model.pt (its own rationales and classifier)")
     m.add_argument("--fraction", type=float, default=None,
                    help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
     m.add_argument("--limit", type=int, default=0, help="first N examples only")

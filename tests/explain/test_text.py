@@ -80,10 +80,12 @@ def test_cli_mask_writes_results(tmp_path):
     if "jsonl" not in FORMATS:
         pytest.skip("no generic jsonl reader")
     rc = main(["mask", "--model", str(tmp_path / "model.pt"), "--data", str(data), "--format", "jsonl",
-               "--max-steps", "3", "--out", str(tmp_path / "out"), "--no-progress"])
+               "--max-steps", "3", "--out", str(tmp_path / "out"), "--no-progress",
+               "--rationale-model", str(tmp_path / "model.pt")])
     assert rc == 0
     res = json.loads((tmp_path / "out" / "explain_results.json").read_text())
-    assert [r["method"] for r in res["rows"]] == list(METHODS)
+    assert [r["method"] for r in res["rows"]] == list(METHODS) + ["rationale model (own classifier)"]
+    assert res["rows"][-1]["fraction"] == 1.0  # gate "none": the whole text is its rationale
     for r in res["rows"]:
         assert 0.0 <= r["token_f1"] <= 1.0 and 0.0 <= r["auprc"] <= 1.0
     assert (tmp_path / "out" / "mask.html").is_file()
