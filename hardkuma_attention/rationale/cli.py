@@ -8,6 +8,7 @@ Subcommands::
     hardkuma-rationale predict  --model runs/sst_hk30/model.pt "a gorgeous , witty film"
     hardkuma-rationale plot     runs/*/results.json --out accuracy_vs_selected.png
     hardkuma-rationale table    runs/*/results.json --columns accuracy,selected,token_f1
+    hardkuma-rationale explain  mask|decoy-digits ...   (see hardkuma_attention.explain.cli)
 
 ``train`` writes to ``--out``: ``model.pt`` (best on dev), ``history.jsonl`` (one dev evaluation a
 line), ``results.json`` (configs, best dev and test metrics, timing), ``predictions.<split>.jsonl``
@@ -83,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .objectives import ObjectiveConfig
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="hardkuma-rationale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="hardkuma-rationale", description=__doc__.split("\n")[0],
+        epilog="hardkuma-rationale explain {mask,decoy-digits} ...: post-hoc explanations "
+        "(input-mask optimisation, right-for-the-right-reasons); see `hardkuma-rationale explain -h`.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a rationale model (or a full-text baseline)")
@@ -292,6 +297,11 @@ def cmd_table(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["explain"]:  # post-hoc explanations: hardkuma_attention.explain
+        from ..explain.cli import main as explain_main
+
+        return explain_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .data import DataFormatError
 
