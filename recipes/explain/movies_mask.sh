@@ -11,7 +11,8 @@
 # note val.jsonl lists the 100 NEG reviews first), STEPS (mask optimisation steps, default 50:
 # a mask step for 50 docs x 400 tokens costs ~1.5-6 s on one CPU core depending on contention, all
 # 200 docs took ~10 min per mask variant; the paper's 900 steps are for a GPU), PARALLEL (default 2:
-# the sigmoid and HardKuma mask runs side by side).
+# the sigmoid and HardKuma mask runs side by side), RATIONALE_MODEL (optional model.pt of a HardKuma
+# rationale model, e.g. from recipes/movies/run.sh hardkuma_0.1: its own rationales get a row too).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
@@ -28,15 +29,17 @@ if [ -z "${MODEL:-}" ]; then
 fi
 COMMON=(--model "$MODEL" --data "$DATA_DIR/movies/val.jsonl" --format eraser --limit "$LIMIT" --batch-size 50
         --max-steps "$STEPS" --no-progress)
-run() {  # name, methods...
+RM=()
+[ -z "${RATIONALE_MODEL:-}" ] || RM=(--rationale-model "$RATIONALE_MODEL")
+run() {  # name, methods... (a trailing --rationale-model PATH is passed through)
   local name=$1; shift
   echo "start $name ($(date -u +%H:%M:%S))"
   OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain mask "${COMMON[@]}" --methods "$@" --out "$OUT/$name" \
     > "$OUT/$name.log" 2>&1
 }
 if [ "$PARALLEL" -ge 2 ]; then
-  run sigmoid mask input-x-gradient integrated-gradients & run hardkuma mask-hardkuma & wait
+  run sigmoid mask input-x-gradient integrated-gradients & run hardkuma mask-hardkuma "${RM[@]}" & wait
 else
-  run sigmoid mask input-x-gradient integrated-gradients; run hardkuma mask-hardkuma
+  run sigmoid mask input-x-gradient integrated-gradients; run hardkuma mask-hardkuma "${RM[@]}"
 fi
 cat "$OUT/sigmoid.log" "$OUT/hardkuma.log" | grep '^{' || true
