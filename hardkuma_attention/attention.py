@@ -244,22 +244,25 @@ class HardKumaAttention(nn.Module):
         return_stats: bool = False,
     ):
         unbatched = query.dim() == 2
-        if unbatched:
+        if unbatched:  # as (T, 1, E)
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif query.dim() != 3:
             raise ValueError(f"query must be 2-D or 3-D, got {query.dim()}-D")
-        if self.batch_first and not unbatched:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        # now (T, B, E) / (S, B, kdim) / (S, B, vdim)
-        T, B, _ = query.shape
-        S = key.shape[0]
+        # Projections run on the inputs' own layout (a transposed input would be copied, and the
+        # copy kept for the backward pass); only the projected heads are permuted.
+        bf = self.batch_first and not unbatched
+        time_dim = 1 if bf else 0
+        B = query.shape[1 - time_dim]
+        T, S = query.shape[time_dim], key.shape[time_dim]
         if key.shape[:2] != value.shape[:2]:
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in (S, B)")
+            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in batch/length")
         H, d = self.num_heads, self.head_dim
 
-        def heads(x, n):  # (n, B, E) -> (B, H, n, d)
+        def heads(x, n):  # (B, n, E) or (n, B, E) -> (B, H, n, d)
+            if bf:
+                return x.reshape(B, n, H, x.shape[-1] // H).transpose(1, 2)
             return x.reshape(n, B, H, x.shape[-1] // H).permute(1, 2, 0, 3)
 
         q = heads(self.q_proj(query), T)
@@ -298,10 +301,11 @@ class HardKumaAttention(nn.Module):
 
         attn = F.dropout(weights, self.dropout) if (self.training and self.dropout > 0) else weights
         out = torch.matmul(attn, v)  # (B, H, T, dv)
-        out = out.permute(2, 0, 1, 3).reshape(T, B, self.embed_dim)
+        if bf:
+            out = out.transpose(1, 2).reshape(B, T, self.embed_dim)
+        else:
+            out = out.permute(2, 0, 1, 3).reshape(T, B, self.embed_dim)
         out = self.out_proj(out)
-        if self.batch_first and not unbatched:
-            out = out.transpose(0, 1)
         if unbatched:
             out = out.squeeze(1)
 
