@@ -10,7 +10,8 @@ EXTRAS = {
     "bench": ["entmax==1.3"],
     # Installing this extra needs `pip install --no-build-isolation` (it compiles extensions against
     # the installed torch); see README "Install".  The import name stays `fairseq`.
-    "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece>=0.1.99", "sacremoses>=0.1"],
+    # tokenisers pinned exactly: the Multi30k recipe's subwords must be reproducible
+    "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece==0.2.3", "sacremoses==0.2.0"],
     "rationale": ["tqdm>=4.60", "matplotlib>=3.7"],
     "explain": ["tqdm>=4.60", "matplotlib>=3.7", "scikit-learn>=1.3"],
 }
