@@ -110,7 +110,8 @@ def cmd_decoy_digits(args) -> int:
 
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hardkuma-rationale explain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="hardkuma-rationale explain",
+                                     description="Explain trained classifiers: input-mask rationales, RRR demos.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("decoy-digits", help="RRR on scikit-learn digits with a decoy corner patch")
