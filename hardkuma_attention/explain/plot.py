@@ -1,12 +1,11 @@
 """PNG figures for image masks (matplotlib, imported when used)."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from ..rationale.io import atomic_output
 
 __all__ = ["save_image_masks"]
 
@@ -33,11 +32,6 @@ def save_image_masks(path, images: torch.Tensor, masks: Sequence[torch.Tensor], 
             if r == 0:
                 axes[r, c].set_title("image" if c == 0 else titles[c - 1], fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
-    os.chmod(tmp, 0o644)
+    with atomic_output(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

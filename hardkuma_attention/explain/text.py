@@ -21,7 +21,6 @@ mean of both over keep/remove fractions 5 %, 15 %, ..., 95 %.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -198,7 +197,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------- CLI
 def cmd_mask(args) -> int:
-    from .cli import write_json
+    from ..rationale.io import write_json
 
     torch.set_num_threads(args.threads)
     pipeline = load_pipeline(args.model)
