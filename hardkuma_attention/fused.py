@@ -81,6 +81,14 @@ def _l0_cells(sa, sb, log_k0: float, amin: float, amax: float):
     return torch.exp(b * log1mexp(a * log_k0))
 
 
+def _softplus_and_sigmoid(s):
+    """``(softplus(s), sigmoid(s))`` from one ``exp``: ``log1p(e)`` and ``e / (1 + e)`` with
+    ``e = exp(s)``; ``softplus(s) = s`` above 20 exactly as ``F.softplus`` defines it."""
+    e = torch.exp(s.clamp(max=20.0))
+    sp = torch.where(s > 20.0, s, torch.log1p(e))
+    return sp, e.div_(e + 1.0)
+
+
 def _gate_backward(gz, z, inside, sa, sb, g_l0, lo: float, hi: float, amin: float, amax: float, log_k0: float):
     """Gradients w.r.t. the scores of ``sum(gz * z) + g_l0 * sum(l0 cells)``.
 
@@ -89,7 +97,8 @@ def _gate_backward(gz, z, inside, sa, sb, g_l0, lo: float, hi: float, amin: floa
     masked) or a Python 0.0 when no L0 gradient flows.  Written with in-place ops on fresh
     intermediates: in eager mode each full-size allocation costs about as much as the arithmetic.
     """
-    spa, spb = F.softplus(sa), F.softplus(sb)
+    spa, sig_a = _softplus_and_sigmoid(sa)
+    spb, sig_b = _softplus_and_sigmoid(sb)
     a, b = spa.clamp(amin, amax), spb.clamp(amin, amax)
     a_clamped, b_clamped = a != spa, b != spb  # zero gradient where the clamp is active
     del spa, spb
@@ -114,8 +123,8 @@ def _gate_backward(gz, z, inside, sa, sb, g_l0, lo: float, hi: float, amin: floa
         e = torch.exp(b * L) * g_l0
         grad_a = grad_a + e * b * (-log_k0) / torch.expm1(-x)
         grad_b = grad_b + e * L
-    grad_a = grad_a.mul_(torch.sigmoid(sa)).masked_fill_(a_clamped, 0.0)
-    grad_b = grad_b.mul_(torch.sigmoid(sb)).masked_fill_(b_clamped, 0.0)
+    grad_a = grad_a.mul_(sig_a).masked_fill_(a_clamped, 0.0)
+    grad_b = grad_b.mul_(sig_b).masked_fill_(b_clamped, 0.0)
     return grad_a, grad_b
 
 
