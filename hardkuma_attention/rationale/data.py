@@ -132,6 +132,19 @@ def _lines(path: PathLike) -> Iterator[Tuple[int, str]]:
 
 
 # ---------------------------------------------------------------------------------------- SST
+def _json_objects(path: PathLike) -> Iterator[Tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line of a jsonl file; a line that is not a JSON
+    object raises :class:`DataFormatError` naming ``path:line``."""
+    for lineno, line in _lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, lineno, f"invalid JSON: {err.msg}") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(path, lineno, "expected a JSON object")
+        yield lineno, record
+
+
 def parse_ptb_tree(text: str) -> Tuple[int, List[str], List[int]]:
     """Parse one SST PTB tree ``(3 (2 The) (4 (2 film) ...))``.
 
@@ -230,13 +243,7 @@ def read_eraser(path: PathLike, docs_dir: Optional[PathLike] = None) -> List[Exa
     if not docs_dir.is_dir():
         raise FileNotFoundError(f"ERASER docs folder not found: {docs_dir} (needed by {path})")
     examples = []
-    for lineno, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, lineno, f"invalid JSON: {err.msg}") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(path, lineno, "expected a JSON object")
+    for lineno, record in _json_objects(path):
         for key in ("annotation_id", "classification"):
             if key not in record:
                 raise DataFormatError(path, lineno, f"missing field {key!r}")
@@ -312,12 +319,8 @@ def read_beer_annotations(path: PathLike, aspect: Union[int, str] = 0) -> List[E
     ``"0".."4"`` per-aspect lists of ``[start, end)`` spans); rationale = spans of ``aspect``."""
     idx = _aspect_index(aspect)
     examples = []
-    for lineno, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, lineno, f"invalid JSON: {err.msg}") from None
-        if not isinstance(record, dict) or "x" not in record or "y" not in record:
+    for lineno, record in _json_objects(path):
+        if "x" not in record or "y" not in record:
             raise DataFormatError(path, lineno, "expected an object with 'x' (tokens) and 'y' (scores)")
         tokens, scores = record["x"], record["y"]
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -380,13 +383,7 @@ def _generic_example(record: dict, path, lineno) -> Example:
 def read_jsonl(path: PathLike) -> List[Example]:
     """Generic jsonl: ``{"text" | "tokens", "label", "rationale"?, "id"?}`` one object a line."""
     examples = []
-    for lineno, line in _lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, lineno, f"invalid JSON: {err.msg}") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(path, lineno, "expected a JSON object")
+    for lineno, record in _json_objects(path):
         examples.append(_generic_example(record, path, lineno))
     return examples
 
