@@ -13,6 +13,8 @@
 # Model selection uses 100 reviews held out of train.jsonl; the reported split is val.jsonl.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/rationale_runs.sh"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 OUT="${OUT:-$ROOT/runs/movies}"
 mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
@@ -29,19 +31,11 @@ COMMON=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --t
         --epochs 30 --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
         --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
 declare -A RUNS=(
-  [hardkuma_0.1]="--gate hardkuma --selection 0.1 --equality --lambda-init 0 --ab-map sigmoid --ab-clamp 0.1 10 --lagrange-lr 0.002 --lagrange-alpha 0.9"
+  [hardkuma_0.1]="--gate hardkuma --selection 0.1 $HARDKUMA_CONTROLLER"
   [bernoulli_0.1]="--gate bernoulli --sparsity-target 0.1 --sparsity-weight 2.0 --coherence-weight 1.0"
   [fulltext]="--gate none"
 )
 NAMES=("$@")
 [ ${#NAMES[@]} -gt 0 ] || NAMES=(hardkuma_0.1 bernoulli_0.1 fulltext)
 cd "$ROOT"
-for name in "${NAMES[@]}"; do
-  [ -n "${RUNS[$name]+x}" ] || { echo "unknown run $name (known: ${!RUNS[*]})" >&2; exit 1; }
-  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
-  echo "start $name -> $OUT/$name ($(date -u +%H:%M:%S))"
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 $PY -m hardkuma_attention.rationale train "${COMMON[@]}" ${RUNS[$name]} \
-    --out "$OUT/$name" --name "movies_$name" > "$OUT/$name.log" 2>&1 &
-done
-wait
+launch_runs movies "${NAMES[@]}"
