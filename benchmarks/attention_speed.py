@@ -164,12 +164,12 @@ def main(argv=None):
         base_t = statistics.median(times["softmax"]) if "softmax" in times else None
         base_m = mem.get("softmax")
         print(f"\nT = {T}")
-        print(f"{'variant':<18} {'fwd+bwd ms':>10} {'x softmax':>9} {'saved MiB':>10} {'x softmax':>9}")
+        print(f"{'variant':<27} {'fwd+bwd ms':>10} {'x softmax':>9} {'saved MiB':>10} {'x softmax':>9}")
         for name in args.variants:
             t = statistics.median(times[name])
             rt = f"{t / base_t:9.2f}" if base_t else "        -"
             rm = f"{mem[name] / base_m:9.2f}" if base_m else "        -"
-            print(f"{name:<18} {1000 * t:10.1f} {rt} {mem[name] / 2**20:10.1f} {rm}")
+            print(f"{name:<27} {1000 * t:10.1f} {rt} {mem[name] / 2**20:10.1f} {rm}")
 
 
 if __name__ == "__main__":

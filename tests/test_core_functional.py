@@ -245,3 +245,55 @@ def test_attention_gates_gradcheck():
         return w, l0
 
     assert torch.autograd.gradcheck(f, (q, k, bias))
+
+
+@pytest.mark.parametrize("normalize_sum", [False, True])
+def test_attention_gates_in_row_blocks_match_reference(monkeypatch, normalize_sum):
+    """Several blocks of query rows (BLOCK_CELLS tiny): same gates, L0 and gradients as the
+    full-map reference.  Leading dims of size 1 keep the blocks in the generator's serial order,
+    so the noise is the same too."""
+    from hardkuma_attention import fused
+
+    monkeypatch.setattr(fused, "BLOCK_CELLS", 10)  # 2 rows of 5 keys per block; 7 rows -> 4 blocks
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 7, 6, generator=g, dtype=D, requires_grad=True)
+    k = torch.randn(1, 1, 5, 6, generator=g, dtype=D, requires_grad=True)
+    bias = torch.randn(7, 5, generator=g, dtype=D)
+    valid = torch.rand(7, 5, generator=g) > 0.3
+    valid[3] = False  # a fully masked row
+    qa, qb, ka, kb = q[..., :3], q[..., 3:], k[..., :3], k[..., 3:]
+    w1, l1 = fused.hardkuma_attention_gates(qa, ka, qb, kb, 0.7, bias, valid, normalize_sum=normalize_sum,
+                                            want_l0=True, generator=torch.Generator().manual_seed(1))
+    sa = qa @ ka.transpose(-1, -2) * 0.7 + bias
+    sb = qb @ kb.transpose(-1, -2) * 0.7
+    w2 = hardkuma_weights_from_scores(sa, sb, valid, normalize="sum" if normalize_sum else "none", fused=False,
+                                      generator=torch.Generator().manual_seed(1))
+    l2 = expected_l0_sum(sa, sb, valid)
+    assert torch.allclose(w1, w2, atol=1e-12) and torch.allclose(l1, l2)
+    assert (w1[..., 3, :] == 0).all() and (w1 > 0).any()
+    gw = torch.randn_like(w1)
+    g1 = torch.autograd.grad((w1 * gw).sum() + 0.3 * l1, (q, k))
+    g2 = torch.autograd.grad((w2 * gw).sum() + 0.3 * l2, (q, k))
+    for x, y in zip(g1, g2):
+        assert torch.allclose(x, y, atol=1e-10)
+
+
+@pytest.mark.parametrize("bias_shape", [(3, 4), (1, 4), (2, 1, 3, 4)])
+def test_attention_gates_in_row_blocks_gradcheck(monkeypatch, bias_shape):
+    """Blocked forward and backward with broadcast queries/keys and row-wise or broadcast biases."""
+    from hardkuma_attention import fused
+
+    monkeypatch.setattr(fused, "BLOCK_CELLS", 8)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 1, 3, 4, generator=g, dtype=D, requires_grad=True)  # broadcast over heads
+    k = torch.randn(1, 2, 4, 4, generator=g, dtype=D, requires_grad=True)  # broadcast over batch
+    bias = torch.randn(bias_shape, generator=g, dtype=D, requires_grad=True)
+    valid = torch.tensor([True, True, False, True]).view(1, 1, 1, 4)
+
+    def f(q, k, bias):
+        return fused.hardkuma_attention_gates(q[..., :2], k[..., :2], q[..., 2:], k[..., 2:], 0.8, bias, valid,
+                                              want_l0=True, generator=torch.Generator().manual_seed(3))
+
+    w, _ = f(q, k, bias)
+    assert w.shape == (2, 2, 3, 4)
+    assert torch.autograd.gradcheck(f, (q, k, bias))
