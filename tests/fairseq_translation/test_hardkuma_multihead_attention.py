@@ -157,3 +157,33 @@ def test_bad_arguments():
         m(x, x, x, attn_mask=torch.zeros(2, 2))
     with pytest.raises(NotImplementedError):
         m(x, x, x, before_softmax=True)
+
+
+def test_softmax_normalisation_matches_reference_in_eval():
+    """normalize="softmax" (the recipe default): w = z * softmax(score_a) / sum_s(z * softmax(score_a)),
+    z the deterministic gate; exact zeros where z = 0 and on padding, rows of open cells sum to 1."""
+    from hardkuma_attention.distributions import HardKumaraswamy
+
+    torch.manual_seed(4)
+    m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, normalize="softmax").eval()
+    S, B, T, half = 6, 2, 4, E // H // 2
+    enc, q = torch.randn(S, B, E), torch.randn(T, B, E)
+    pad = torch.zeros(B, S, dtype=torch.bool)
+    pad[1, -2:] = True
+    _, w = m(q, enc, enc, key_padding_mask=pad, need_head_weights=True)  # (H, B, T, S)
+
+    qh = m._heads(m.q_proj(q)) / half**0.5  # (B, H, T, d)
+    kh = m._heads(m.k_proj(enc))
+    score_a = qh[..., :half] @ kh[..., :half].transpose(-1, -2)
+    score_b = qh[..., half:] @ kh[..., half:].transpose(-1, -2)
+    ab = lambda s: F.softplus(s).clamp(*m.ab_clamp)  # noqa: E731
+    z = HardKumaraswamy(ab(score_a), ab(score_b), support=m.support).deterministic()
+    valid = ~pad[:, None, None, :]
+    p = torch.softmax(score_a.masked_fill(~valid, float("-inf")), -1) * z.masked_fill(~valid, 0.0)
+    rows = p.sum(-1, keepdim=True)
+    ref = torch.where(rows > 0, p / rows.clamp_min(1e-30), torch.zeros_like(p)).transpose(0, 1)
+    assert torch.allclose(w, ref, atol=1e-6)
+    assert (w == 0).any() and (w[:, 1, :, -2:] == 0).all()
+    assert torch.equal(w == 0, ref == 0)
+    sums = w.sum(-1)
+    assert torch.allclose(sums[sums > 0], torch.ones(()), atol=1e-6)
