@@ -5,7 +5,10 @@ r"""Command line: ``python -m hardkuma_attention.explain <command>`` (to be wire
   of 2-D image masks of both models;
 - ``mask``: post-hoc input-mask rationales for a model trained by ``hardkuma-rationale train``
   (ERASER-style evaluation against human spans, with gradient baselines; see
-  :mod:`hardkuma_attention.explain.text`).
+  :mod:`hardkuma_attention.explain.text`);
+- ``rrr-eval``: accuracy, input-gradient mass inside the human rationales and input×gradient
+  token F1 of text classifiers trained with / without ``hardkuma-rationale train --rrr``
+  (:mod:`hardkuma_attention.explain.rrr_text`).
 """
 from __future__ import annotations
 
@@ -122,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_mask_parser = None
     if add_mask_parser is not None:
         add_mask_parser(sub)
+    from .rrr_text import add_rrr_eval_parser
+
+    add_rrr_eval_parser(sub)
     return parser
 
 

@@ -9,7 +9,11 @@ text, all in the same embedding space (the classifier is run on ``E(x)`` directl
 - ``input-x-gradient``: ``s_t = Σ_e x_te ∂ log p(ŷ)/∂x_te``;
 - ``integrated-gradients``: ``s_t = Σ_e (x_te - x'_te) · mean_{k=1..K} ∂ log p(ŷ)/∂x_te at
   x' + (k - 1/2)/K (x - x')`` (midpoint Riemann sum, ``K = 20``), baseline ``x'`` = padding
-  embedding.
+  embedding;
+- ``occlusion``: ``s_t = mean over the windows W ∋ t of [p(ŷ | x) - p(ŷ | x with W occluded)]``,
+  windows of ``w`` consecutive valid tokens (``occlusion_window``, default 1; stride 1),
+  occluded = *removed* (the classifier skips them: the faithfulness convention below; default) or
+  replaced by the baseline embedding (``occlusion_mode="baseline"``: captum's ``Occlusion``).
 
 Scores are turned into hard rationales by keeping the top ``fraction`` of each text's tokens
 (:func:`~hardkuma_attention.rationale.models.top_fraction`; default fraction = the human rationale
@@ -37,9 +41,10 @@ from ..rationale.models import top_fraction
 from ..rationale.train import Pipeline, load_pipeline
 from .mask import MaskConfig, optimise_masks
 
-__all__ = ["METHODS", "classifier_fn", "token_scores", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
+__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
 
-METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients")
+METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients", "occlusion")
+OCCLUSION_MODES = ("remove", "baseline")
 AOPC_FRACTIONS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
 
 
@@ -61,8 +66,59 @@ def _log_p_target_grad(f, emb, valid, target) -> torch.Tensor:
     return g
 
 
+@torch.no_grad()
+def occlusion_scores(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], emb: torch.Tensor, valid: torch.Tensor,
+                     target: torch.Tensor, window: int = 1, mode: str = "remove",
+                     baseline: Optional[torch.Tensor] = None, max_rows: int = 256) -> torch.Tensor:
+    r"""Occlusion scores ``(B, T)`` for a classifier ``f(emb (B, T, E), valid (B, T)) -> logits``.
+
+    For text ``b`` with ``n_b`` valid tokens (a left-aligned prefix) the windows are
+    ``W_s = [s, s + w_b)``, ``s = 0 .. n_b - w_b``, ``w_b = min(window, n_b)``; each costs one
+    forward pass with ``W_s`` removed from ``valid`` (``mode="remove"``) or its embeddings
+    replaced by ``baseline`` ``(E,)`` (``mode="baseline"``), and
+    ``s_bt = mean_{s: t ∈ W_s} [p(y_b | x_b) - p(y_b | x_b \ W_s)]`` (0 on padding).  Windows are
+    evaluated ``max(1, max_rows // B)`` starts at a time (one forward of up to ``max_rows`` rows).
+    """
+    if window < 1:
+        raise ValueError(f"occlusion window must be >= 1, got {window}")
+    if mode not in OCCLUSION_MODES:
+        raise ValueError(f"occlusion mode must be one of {OCCLUSION_MODES}, got {mode!r}")
+    if mode == "baseline" and baseline is None:
+        raise ValueError("occlusion mode 'baseline' needs a baseline embedding")
+    bsz, length, dim = emb.shape
+    n = valid.sum(1)
+    width = n.clamp(max=window)
+    num_starts = n - width + 1  # >= 1 when n >= 1
+    pos = torch.arange(length)
+
+    def p_target(e, v):
+        return torch.softmax(f(e, v), -1).gather(-1, target.repeat(e.size(0) // bsz).unsqueeze(-1)).squeeze(-1)
+
+    p_full = p_target(emb, valid)
+    total = torch.zeros(bsz, length, dtype=emb.dtype)
+    count = torch.zeros(bsz, length, dtype=emb.dtype)
+    per_eval = max(1, max_rows // bsz)
+    for first in range(0, int(num_starts.max()), per_eval):
+        s = torch.arange(first, min(first + per_eval, int(num_starts.max())))  # (K,)
+        k = s.numel()
+        active = s[:, None] < num_starts[None, :]  # (K, B)
+        win = (pos >= s[:, None, None]) & (pos < (s[:, None] + width[None, :])[..., None])  # (K, B, T)
+        win &= active[..., None] & valid[None]
+        if mode == "remove":
+            e = emb.expand(k, -1, -1, -1).reshape(k * bsz, length, dim)
+            v = (valid[None] & ~win).reshape(k * bsz, length)
+        else:
+            e = torch.where(win[..., None], baseline.to(emb.dtype), emb[None]).reshape(k * bsz, length, dim)
+            v = valid.repeat(k, 1)
+        drop = (p_full[None] - p_target(e, v).view(k, bsz)) * active
+        total += (drop[..., None] * win).sum(0)
+        count += win.sum(0)
+    return total / count.clamp_min(1)
+
+
 def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: torch.Tensor,
-                 target: torch.Tensor, mask_config: Optional[MaskConfig] = None, ig_steps: int = 20) -> torch.Tensor:
+                 target: torch.Tensor, mask_config: Optional[MaskConfig] = None, ig_steps: int = 20,
+                 occlusion_window: int = 1, occlusion_mode: str = "remove") -> torch.Tensor:
     """Scores ``(B, T)`` (0 on padding) for one batch; see the module docstring."""
     f = classifier_fn(pipeline)
     with torch.no_grad():
@@ -81,6 +137,8 @@ def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: t
             alpha = (k + 0.5) / ig_steps
             total += _log_p_target_grad(f, baseline + alpha * (emb - baseline), valid, target)
         scores = ((emb - baseline) * total / ig_steps).sum(-1)
+    elif method == "occlusion":
+        scores = occlusion_scores(f, emb, valid, target, occlusion_window, occlusion_mode, baseline)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     return scores.detach() * valid.to(scores.dtype)
@@ -109,9 +167,16 @@ def aopc(predict_proba, valid: torch.Tensor, scores: torch.Tensor,
             "aopc_sufficiency": (suff / len(fractions)).tolist()}
 
 
+def method_label(method: str, occlusion_window: int = 1, occlusion_mode: str = "remove") -> str:
+    """Row name of a method (occlusion names its window and mode, e.g. ``occlusion-w3-remove``)."""
+    return f"occlusion-w{occlusion_window}-{occlusion_mode}" if method == "occlusion" else method
+
+
 def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fraction: Optional[float] = None,
-                     batch_size: int = 50, mask_config: Optional[MaskConfig] = None, progress: bool = True):
-    """``(rows, records)``: one metrics row per method and per-text records (scores, spans)."""
+                     batch_size: int = 50, mask_config: Optional[MaskConfig] = None, progress: bool = True,
+                     occlusion_window: int = 1, occlusion_mode: str = "remove"):
+    """``(rows, records)``: one metrics row per method and per-text records (scores, spans);
+    rows are named by :func:`method_label`, records keyed by method."""
     examples = [ex for ex in examples if ex.rationale is not None]
     if not examples:
         raise ValueError("no example has a human rationale")
@@ -135,7 +200,8 @@ def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fract
                 logits = classifier_fn(pipeline)(pipeline.model.embed(b.tokens), b.mask)
             target = logits.argmax(-1)
             correct += int((target == b.targets).sum())
-            scores = token_scores(method, pipeline, b.tokens, b.mask, target, mask_config)
+            scores = token_scores(method, pipeline, b.tokens, b.mask, target, mask_config,
+                                  occlusion_window=occlusion_window, occlusion_mode=occlusion_mode)
             hard = top_fraction(scores, b.mask, fraction)
 
             def predict_proba(keep, b=b):
@@ -158,7 +224,7 @@ def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fract
                                       "scores": [round(s, 4) for s in scores[row, :n].tolist()],
                                       "rationale_spans": [list(s) for s in mask_to_spans(hard[row, :n].tolist())]}
         prf = token_prf(preds, golds)
-        row = {"method": method, "n": len(examples), "fraction": fraction, "accuracy": correct / len(examples),
+        row = {"method": method_label(method, occlusion_window, occlusion_mode), "n": len(examples), "fraction": fraction, "accuracy": correct / len(examples),
                "token_precision": prf["precision"], "token_recall": prf["recall"], "token_f1": prf["f1"],
                "iou_f1": iou_f1(preds, golds)["f1"], "auprc": auprc(soft, golds),
                **{k: sum(v) / len(v) for k, v in faith.items()}, "seconds": time.time() - start}
@@ -209,7 +275,8 @@ def cmd_mask(args) -> int:
     cfg = MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, lagrange_lr=args.lagrange_lr,
                      seed=args.seed)
     rows, records = evaluate_methods(pipeline, examples, args.methods, args.fraction, args.batch_size, cfg,
-                                     progress=args.progress) if args.methods else ([], {})
+                                     progress=args.progress, occlusion_window=args.occlusion_window,
+                                     occlusion_mode=args.occlusion_mode) if args.methods else ([], {})
     if args.rationale_model:
         other = load_pipeline(args.rationale_model)
         other.max_length = pipeline.max_length
@@ -228,7 +295,7 @@ def cmd_mask(args) -> int:
             for s, e in r["rationale_spans"]:
                 hard[s:e] = [1.0] * (e - s)
             pages.append({**r, "gates": hard})
-        write_html(out / f"{method}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%} of tokens)")
+        write_html(out / f"{method_label(method, args.occlusion_window, args.occlusion_mode)}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%} of tokens)")
     print(f"wrote {out}/explain_results.json and HTML pages")
     return 0
 
@@ -249,6 +316,9 @@ def add_mask_parser(sub) -> None:
     m.add_argument("--max-steps", type=int, default=900, help="mask optimisation steps (convergence stop)")
     m.add_argument("--l0-target", type=float, default=0.1, help="mask-hardkuma: expected-L0 target")
     m.add_argument("--lagrange-lr", type=float, default=0.05)
+    m.add_argument("--occlusion-window", type=int, default=1, help="occlusion: tokens per window (default 1)")
+    m.add_argument("--occlusion-mode", default="remove", choices=OCCLUSION_MODES,
+                   help="occlusion: remove the window's tokens (default) or replace them by the padding embedding")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--html-examples", type=int, default=30)

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="hardkuma-rationale", description=__doc__.split("\n")[0],
-        epilog="hardkuma-rationale explain {mask,decoy-digits} ...: post-hoc explanations "
+        epilog="hardkuma-rationale explain {mask,decoy-digits,rrr-eval} ...: post-hoc explanations "
         "(input-mask optimisation, right-for-the-right-reasons); see `hardkuma-rationale explain -h`.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(t, ModelConfig, "model")
     _add_dataclass_args(t, ObjectiveConfig, "objective")
     _add_dataclass_args(t, TrainConfig, "training")
+    r = t.add_argument_group("right for the right reasons (full-text classifier, --gate none)")
+    r.add_argument("--rrr", action="store_true",
+                   help="add λ1 Σ (A ⊙ ∂/∂emb Σ_k log p_k)^2 with A = tokens outside the human rationale "
+                   "(hardkuma_attention.explain.rrr_text)")
+    r.add_argument("--rrr-fraction", type=float, default=0.5,
+                   help="share of the training examples with a human rationale that get the penalty (default 0.5)")
+    r.add_argument("--rrr-lambda1", type=float, default=None, help="penalty weight (default: auto x --rrr-lambda1-scale)")
+    r.add_argument("--rrr-lambda1-scale", type=float, default=1.0,
+                   help="multiplies the auto λ1 (cross-entropy / penalty of the initial model) (default 1)")
+    r.add_argument("--rrr-per-dimension", action="store_true",
+                   help="penalise every embedding coordinate's gradient, not the per-token sum over the embedding")
+    r.add_argument("--rrr-lambda2", type=float, default=0.0, help="weight of ||θ||^2 (default 0: weight decay only)")
 
     e = sub.add_parser("evaluate", help="metrics, predictions jsonl and HTML for a data file")
     _add_data_args(e)
@@ -206,7 +218,15 @@ def cmd_train(args) -> int:
     objective = RationaleObjective(ocfg, mcfg.gate, task)
     pipeline = Pipeline(model, objective, vocab, labels, args.max_length)
     out_dir = Path(args.out)
-    summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir)
+    extra_loss = None
+    if args.rrr:
+        from ..explain.rrr_text import RRRTextConfig, RRRTextPenalty
+
+        extra_loss = RRRTextPenalty(pipeline, train_ex, RRRTextConfig(
+            args.rrr_fraction, args.rrr_lambda1, args.rrr_lambda1_scale, args.rrr_lambda2, seed=tcfg.seed,
+            per_dimension=args.rrr_per_dimension))
+        print(f"RRR: {extra_loss.info}", file=sys.stderr)
+    summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss)
 
     from .train import load_pipeline
 
@@ -223,6 +243,7 @@ def cmd_train(args) -> int:
         "train_config": dataclasses.asdict(tcfg),
         "threads": args.threads,
         "training": summary,
+        "rrr": extra_loss.info if extra_loss is not None else None,
         "final_multipliers": {k: float(v) for k, v in best.objective.state_dict().items()},
         "dev": _write_outputs(best, "dev", dev_ex, out_dir, args.html_examples, with_faith),
     }

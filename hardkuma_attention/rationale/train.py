@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -281,10 +281,19 @@ def _checkpoint_key(metrics, score, target, tol):
     return (0, -(metrics["selected"] - target), 0.0)
 
 
+ExtraLoss = Callable[[RationaleModel, "Batch"], Tuple[torch.Tensor, Dict[str, float]]]
+
+
 def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: Sequence[Example],
-          cfg: TrainConfig, out_dir) -> dict:
+          cfg: TrainConfig, out_dir, extra_loss: Optional[ExtraLoss] = None) -> dict:
     """Train ``pipeline`` in place; best-on-dev checkpoint at ``out_dir/model.pt``, one line per dev
-    evaluation in ``out_dir/history.jsonl``.  Returns a summary dict (best dev metrics, timing)."""
+    evaluation in ``out_dir/history.jsonl``.  Returns a summary dict (best dev metrics, timing).
+
+    ``extra_loss(model, batch) -> (term, stats)``: an optional loss term added to the objective's
+    loss on every training batch (``batch.indices`` index ``train_examples``), e.g. the
+    right-for-the-right-reasons input-gradient penalty of
+    :class:`hardkuma_attention.explain.rrr_text.RRRTextPenalty`; its ``stats`` are logged with the
+    objective's."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -333,6 +342,10 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
         for batch in bar:
             out = model(batch.tokens, batch.mask)
             loss, stats = objective(out, batch.targets)
+            if extra_loss is not None:
+                term, extra_stats = extra_loss(model, batch)
+                loss = loss + term
+                stats = {**stats, **extra_stats}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Right for the right reasons on ERASER Movies: a plain full-text classifier vs the same classifier
+# trained with the RRR penalty on the tokens outside the human rationales (`hardkuma-rationale train
+# --rrr`, on a fraction of the training reviews), then on val.jsonl: accuracy, the share of the
+# input-gradient mass inside the human rationales, and token F1 / IOU-F1 / AUPRC of the top input×gradient
+# tokens (at the human rate) vs the human spans.
+#
+#   bash recipes/explain/movies_rrr.sh
+#
+# Settings = recipes/movies/run.sh fulltext (50-d GloVe, bi-LSTM 64, max pooling, first 400 tokens,
+# 100 training reviews held out for model selection), the same seed and wall-clock budget for every
+# run; all runs of one seed train side by side (one thread each).
+# Environment: DATA_DIR (default ../shared/data from the repo root), OUT (default runs/explain/movies_rrr),
+# SEEDS (default "1"), SCALES (RRR λ1 = scale × auto λ1, one RRR run per scale, default "1 0.1"),
+# FRACTION (share of the annotated training reviews that get the penalty, default 0.5),
+# MAX_MINUTES (per run, default 20), MAX_LENGTH (default 400), EPOCHS (default 30).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
+OUT="${OUT:-$ROOT/runs/explain/movies_rrr}"
+SEEDS="${SEEDS:-1}"
+SCALES="${SCALES:-1 0.1}"
+FRACTION="${FRACTION:-0.5}"
+MAX_MINUTES="${MAX_MINUTES:-20}"
+MAX_LENGTH="${MAX_LENGTH:-400}"
+EPOCHS="${EPOCHS:-30}"
+PY="${PYTHON:-python}"
+for f in movies/train.jsonl movies/val.jsonl movies/docs glove/glove.6B.50d.filtered.txt.gz; do
+  [ -e "$DATA_DIR/$f" ] || { echo "missing $DATA_DIR/$f (set DATA_DIR)" >&2; exit 1; }
+done
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
+cd "$ROOT"
+
+COMMON=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --test "$DATA_DIR/movies/val.jsonl"
+        --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" --max-length "$MAX_LENGTH"
+        --epochs "$EPOCHS" --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
+        --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --gate none)
+train() {  # name seed [extra args]
+  local name=$1 seed=$2; shift 2
+  echo "start $name seed $seed ($(date -u +%H:%M:%S))"
+  OMP_NUM_THREADS=1 $PY -m hardkuma_attention.rationale train "${COMMON[@]}" --seed "$seed" "$@" \
+    --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+  echo "done $name ($(date -u +%H:%M:%S))"
+}
+MODELS=()
+for seed in $SEEDS; do
+  train "plain_s$seed" "$seed" &
+  MODELS+=("plain_s$seed=$OUT/plain_s$seed/model.pt")
+  for scale in $SCALES; do
+    train "rrr${scale}_s$seed" "$seed" --rrr --rrr-fraction "$FRACTION" --rrr-lambda1-scale "$scale" &
+    MODELS+=("rrr${scale}_s$seed=$OUT/rrr${scale}_s$seed/model.pt")
+  done
+  wait
+done
+OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain rrr-eval --data "$DATA_DIR/movies/val.jsonl" \
+  --models "${MODELS[@]}" --out "$OUT" --no-progress
