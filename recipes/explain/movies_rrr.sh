@@ -11,7 +11,8 @@
 # 100 training reviews held out for model selection), the same seed and wall-clock budget for every
 # run; all runs of one seed train side by side (one thread each).
 # Environment: DATA_DIR (default ../shared/data from the repo root), OUT (default runs/explain/movies_rrr),
-# SEEDS (default "1"), SCALES (RRR λ1 = scale × auto λ1, one RRR run per scale, default "1 0.1"),
+# SEEDS (default "1"), SCALE (RRR λ1 = SCALE × auto λ1, default 1), MODES (RRR variants, default
+# "sum per-dimension": the gradient summed over the embedding per token, and every embedding coordinate),
 # FRACTION (share of the annotated training reviews that get the penalty, default 0.5),
 # MAX_MINUTES (per run, default 20), MAX_LENGTH (default 400), EPOCHS (default 30).
 set -euo pipefail
@@ -19,7 +20,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 OUT="${OUT:-$ROOT/runs/explain/movies_rrr}"
 SEEDS="${SEEDS:-1}"
-SCALES="${SCALES:-1 0.1}"
+SCALE="${SCALE:-1}"
+MODES="${MODES:-sum per-dimension}"
 FRACTION="${FRACTION:-0.5}"
 MAX_MINUTES="${MAX_MINUTES:-20}"
 MAX_LENGTH="${MAX_LENGTH:-400}"
@@ -46,9 +48,14 @@ MODELS=()
 for seed in $SEEDS; do
   train "plain_s$seed" "$seed" &
   MODELS+=("plain_s$seed=$OUT/plain_s$seed/model.pt")
-  for scale in $SCALES; do
-    train "rrr${scale}_s$seed" "$seed" --rrr --rrr-fraction "$FRACTION" --rrr-lambda1-scale "$scale" &
-    MODELS+=("rrr${scale}_s$seed=$OUT/rrr${scale}_s$seed/model.pt")
+  for mode in $MODES; do
+    case $mode in
+      sum) name="rrr${SCALE}_s$seed"; extra=() ;;
+      per-dimension) name="rrr${SCALE}dim_s$seed"; extra=(--rrr-per-dimension) ;;
+      *) echo "unknown RRR mode $mode (sum | per-dimension)" >&2; exit 1 ;;
+    esac
+    train "$name" "$seed" --rrr --rrr-fraction "$FRACTION" --rrr-lambda1-scale "$SCALE" "${extra[@]}" &
+    MODELS+=("$name=$OUT/$name/model.pt")
   done
   wait
 done
