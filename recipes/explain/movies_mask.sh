@@ -12,7 +12,9 @@
 # a mask step for 50 docs x 400 tokens costs ~1.5-6 s on one CPU core depending on contention, all
 # 200 docs took ~10 min per mask variant; the paper's 900 steps are for a GPU), PARALLEL (default 2:
 # the sigmoid and HardKuma mask runs side by side), RATIONALE_MODEL (optional model.pt of a HardKuma
-# rationale model, e.g. from recipes/movies/run.sh hardkuma_0.1: its own rationales get a row too).
+# rationale model, e.g. from recipes/movies/run.sh hardkuma_0.1: its own rationales get a row too),
+# OCCLUSION (occlusion rows after the mask runs, "WINDOW:MODE ...", default "1:remove 3:remove 1:baseline";
+# empty: none; each costs one classifier pass per window position, ~8 min for the 200 docs on one core).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
@@ -42,4 +44,9 @@ if [ "$PARALLEL" -ge 2 ]; then
 else
   run sigmoid mask input-x-gradient integrated-gradients; run hardkuma mask-hardkuma "${RM[@]}"
 fi
-cat "$OUT/sigmoid.log" "$OUT/hardkuma.log" | grep '^{' || true
+LOGS=("$OUT/sigmoid.log" "$OUT/hardkuma.log")
+for occ in ${OCCLUSION-1:remove 3:remove 1:baseline}; do
+  run "occlusion_w${occ%%:*}_${occ#*:}" occlusion --occlusion-window "${occ%%:*}" --occlusion-mode "${occ#*:}"
+  LOGS+=("$OUT/occlusion_w${occ%%:*}_${occ#*:}.log")
+done
+cat "${LOGS[@]}" | grep '^{' || true

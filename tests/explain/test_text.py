@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from hardkuma_attention.explain.text import METHODS, aopc, auprc, evaluate_methods, token_scores
+from hardkuma_attention.explain.text import METHODS, aopc, auprc, evaluate_methods, method_label, token_scores
 from hardkuma_attention.rationale import Example, ModelConfig, ObjectiveConfig, Pipeline, RationaleModel, RationaleObjective
 from hardkuma_attention.rationale.embeddings import PAD, UNK, Vocab
 from hardkuma_attention.rationale.train import LabelMap
@@ -84,7 +84,9 @@ def test_cli_mask_writes_results(tmp_path):
                "--rationale-model", str(tmp_path / "model.pt")])
     assert rc == 0
     res = json.loads((tmp_path / "out" / "explain_results.json").read_text())
-    assert [r["method"] for r in res["rows"]] == list(METHODS) + ["rationale model (own classifier)"]
+    labels = [method_label(m) for m in METHODS]
+    assert "occlusion-w1-remove" in labels
+    assert [r["method"] for r in res["rows"]] == labels + ["rationale model (own classifier)"]
     assert res["rows"][-1]["fraction"] == 1.0  # gate "none": the whole text is its rationale
     for r in res["rows"]:
         assert 0.0 <= r["token_f1"] <= 1.0 and 0.0 <= r["auprc"] <= 1.0
