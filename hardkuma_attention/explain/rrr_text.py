@@ -159,8 +159,10 @@ def gradient_mass_report(pipeline, examples: Sequence[Example], batch_size: int 
     """Per text with a human rationale: the fraction of the input-gradient mass inside the human
     rationale, and whether the prediction is right.  Two masses: ``grad_mass_inside`` of
     ``Σ_t |g_t|`` with ``g_t = Σ_e G_te`` (the module docstring's per-token sum), and
-    ``abs_grad_mass_inside`` of ``Σ_t Σ_e |G_te|``, where ``G = ∂/∂x Σ_k log p_k``.  Returns
-    ``{"n", "accuracy", "grad_mass_inside", "abs_grad_mass_inside" (means over texts),
+    ``abs_grad_mass_inside`` of ``Σ_t Σ_e |G_te|``, where ``G = ∂/∂x Σ_k log p_k``, and the size
+    ``abs_grad_total = Σ_t Σ_e |G_te|`` (a penalty on squared gradients can be met by shrinking all
+    of them, which leaves the shares unchanged).  Returns ``{"n", "accuracy", "grad_mass_inside",
+    "abs_grad_mass_inside", "abs_grad_total" (means over texts),
     "human_rate" (pooled fraction of rationale tokens: what uniform gradients would give on
     average), "per_text": [...]}``."""
     model = pipeline.model
@@ -176,23 +178,26 @@ def gradient_mass_report(pipeline, examples: Sequence[Example], batch_size: int 
         inside = b.mask & ~outside
         mass = gradient_mass_inside(grads.sum(-1), inside, b.mask)
         abs_mass = gradient_mass_inside(grads.abs().sum(-1), inside, b.mask)
+        abs_total = (grads.abs().sum(-1) * b.mask).sum(-1)
         pred = logits.detach().argmax(-1)
         gold_tokens += int(inside.sum())
         total_tokens += int(b.mask.sum())
         for row, i in enumerate(b.indices):
             per_text[i] = {"id": examples[i].id, "grad_mass_inside": float(mass[row]),
-                           "abs_grad_mass_inside": float(abs_mass[row]),
+                           "abs_grad_mass_inside": float(abs_mass[row]), "abs_grad_total": float(abs_total[row]),
                            "correct": bool(pred[row] == b.targets[row])}
     recs = [r for r in per_text if r is not None]
     return {"n": len(recs), "accuracy": sum(r["correct"] for r in recs) / max(len(recs), 1),
             "grad_mass_inside": sum(r["grad_mass_inside"] for r in recs) / max(len(recs), 1),
             "abs_grad_mass_inside": sum(r["abs_grad_mass_inside"] for r in recs) / max(len(recs), 1),
+            "abs_grad_total": sum(r["abs_grad_total"] for r in recs) / max(len(recs), 1),
             "human_rate": gold_tokens / max(total_tokens, 1), "per_text": recs}
 
 
 # ---------------------------------------------------------------------------------------- CLI
 _COLUMNS = (("accuracy", "accuracy"), ("grad_mass_inside", "grad mass in human rationale (Σ_e g)"),
-            ("abs_grad_mass_inside", "grad mass in human rationale (Σ_e |g|)"),
+            ("abs_grad_mass_inside", "grad mass in human rationale (Σ_e abs g)"),
+            ("abs_grad_total", "Σ_t Σ_e abs g"),
             ("token_f1", "I×G token F1"), ("iou_f1", "I×G IOU-F1"), ("auprc", "I×G AUPRC"),
             ("comprehensiveness", "I×G compr."))
 
@@ -215,7 +220,10 @@ def rrr_table(rows: Sequence[dict]) -> str:
     for name, rs in groups.items():
         def cell(key):
             vals = [r[key] for r in rs]
-            return f"{vals[0]:.3f}" if len(vals) == 1 else f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+            fmt = "{:.3g}" if key == "abs_grad_total" else "{:.3f}"
+            if len(vals) == 1:
+                return fmt.format(vals[0])
+            return fmt.format(statistics.mean(vals)) + " ± " + fmt.format(statistics.stdev(vals))
         lam = sorted({f"{r['lambda1']:.3g}" for r in rs})
         steps = "/".join(str(r["steps"]) for r in rs)
         lines.append(f"| {name} | {','.join(str(r['seed']) for r in rs)} | {', '.join(lam)} | {steps} | "
@@ -255,7 +263,7 @@ def cmd_rrr_eval(args) -> int:
                "steps": results.get("training", {}).get("steps"),
                "train_minutes": results.get("training", {}).get("train_minutes"),
                "n": mass["n"], "accuracy": mass["accuracy"], "grad_mass_inside": mass["grad_mass_inside"],
-               "abs_grad_mass_inside": mass["abs_grad_mass_inside"],
+               "abs_grad_mass_inside": mass["abs_grad_mass_inside"], "abs_grad_total": mass["abs_grad_total"],
                "human_rate": mass["human_rate"],
                **{k: ixg[k] for k in ("fraction", "token_precision", "token_recall", "token_f1", "iou_f1", "auprc",
                                       "comprehensiveness", "sufficiency", "aopc_comprehensiveness", "aopc_sufficiency")}}
