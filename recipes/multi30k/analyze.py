@@ -8,6 +8,13 @@ r"""Look inside a trained Multi30k model: attention sparsity and a cross-attenti
     python recipes/multi30k/analyze.py heatmap --data-bin DIR --path CKPT --index 0 --out PNG
         Translates sentence ``index`` of the split with beam search, then draws the cross-attention
         of the last decoder layer (each head and their mean) over the generated tokens.
+    python recipes/multi30k/analyze.py rows --data-bin DIR --path CKPT [--subset test] [--json OUT]
+        (or ``sparsity ... --rows-json OUT``: both from one model load, as evaluate.sh does)
+        Same teacher-forced eval pass; per decoder layer, over the cross-attention rows (one row =
+        one target token x head): % of rows with no non-zero weight (the head reads nothing from
+        the source for that token), mean number of non-zero cells of the other rows, mean largest
+        weight of a row; and the % of target tokens whose rows are empty in every layer and head.
+        Works for softmax models too (0 % empty rows).
 
 Models are loaded with ``fairseq.checkpoint_utils`` after importing ``fairseq_plugins`` (which
 sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so fairseq checkpoints load on torch >= 2.6).
@@ -21,7 +28,7 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -71,6 +78,84 @@ def sparsity(model, task, subset: str, limit: int = 0) -> Dict[str, Dict[str, fl
         for key, (l0, cells, nz) in sorted(sums.items())
         if cells > 0
     }
+
+
+class CrossAttentionRecorder:
+    """Context manager: every decoder layer's ``encoder_attn`` is asked for per-head weights and
+    they are appended to ``self.weights[layer]`` as ``(H, B, T, S)``; the layer itself still gets
+    what it asked for (``need_weights``/``need_head_weights`` as called)."""
+
+    def __init__(self, model):
+        self.modules = [layer.encoder_attn for layer in model.decoder.layers]
+        self.weights = [[] for _ in self.modules]
+        self.handles = []
+
+    def __enter__(self):
+        for i, module in enumerate(self.modules):
+            asked = {}
+
+            def force(mod, args, kwargs, asked=asked):
+                asked["w"], asked["h"] = kwargs.get("need_weights", True), kwargs.get("need_head_weights", False)
+                return args, dict(kwargs, need_weights=True, need_head_weights=True)
+
+            def record(mod, args, kwargs, out, i=i, asked=asked):
+                x, w = out
+                self.weights[i].append(w.detach().float())
+                if asked["h"]:
+                    return x, w
+                return x, (w.mean(0) if asked["w"] else None)
+
+            self.handles.append(module.register_forward_pre_hook(force, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(record, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+@torch.no_grad()
+def cross_attention_rows(model, task, subset: str, limit: int = 0) -> Dict[str, object]:
+    """Row statistics of the cross-attention (teacher forced, one sentence at a time, eval mode).
+
+    Returns ``{"layers": [{"empty_rows_pct", "mean_open_cells", "mean_max_weight", "rows"}, ...],
+    "blind_tokens_pct", "tokens"}``: per decoder layer, a row is one (target token, head) weight
+    vector over the source; ``empty``: every weight exactly 0; ``mean_open_cells``: mean count of
+    non-zero weights over the non-empty rows; ``mean_max_weight``: mean of ``max_s w`` over all
+    rows (0 for empty ones); ``blind``: target tokens whose rows are empty in every layer and head.
+    """
+    dataset = task.dataset(subset)
+    n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    L = len(model.decoder.layers)
+    rows, empty, open_cells, max_w = [0] * L, [0] * L, [0.0] * L, [0.0] * L
+    blind = tokens = 0
+    with CrossAttentionRecorder(model) as rec:
+        for i in range(n):
+            for w in rec.weights:
+                w.clear()
+            model(**dataset.collater([dataset[i]])["net_input"])
+            any_open = None
+            for layer, (w,) in enumerate(rec.weights):  # one forward: (H, 1, T, S)
+                nz = (w[:, 0] != 0).sum(-1)  # (H, T)
+                rows[layer] += nz.numel()
+                empty[layer] += int((nz == 0).sum())
+                open_cells[layer] += float(nz.sum())
+                max_w[layer] += float(w[:, 0].max(-1).values.sum())
+                opened = (nz > 0).any(0)
+                any_open = opened if any_open is None else any_open | opened
+            blind += int((~any_open).sum())
+            tokens += any_open.numel()
+    layers = [
+        {
+            "empty_rows_pct": 100.0 * empty[l] / rows[l],
+            "mean_open_cells": open_cells[l] / max(rows[l] - empty[l], 1),
+            "mean_max_weight": max_w[l] / rows[l],
+            "rows": rows[l],
+        }
+        for l in range(L)
+    ]
+    return {"layers": layers, "blind_tokens_pct": 100.0 * blind / max(tokens, 1), "tokens": tokens}
 
 
 @torch.no_grad()
@@ -128,18 +213,30 @@ def draw_heatmap(src, tgt, weights: torch.Tensor, out: Path, title: str) -> None
     os.replace(tmp, out)
 
 
+def write_json(result, path: Optional[Path]) -> None:
+    """Write ``result`` to ``path`` (temp file then rename); nothing when ``path`` is None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("sparsity", "heatmap"):
+    for name in ("sparsity", "rows", "heatmap"):
         p = sub.add_parser(name)
         p.add_argument("--data-bin", type=Path, required=True)
         p.add_argument("--path", type=Path, required=True, help="checkpoint file")
         p.add_argument("--subset", default="test")
-        if name == "sparsity":
+        if name in ("sparsity", "rows"):
             p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0: all)")
             p.add_argument("--json", type=Path, help="also write the numbers here")
-        else:
+        if name == "sparsity":
+            p.add_argument("--rows-json", type=Path, help="also run `rows` and write its numbers here")
+        if name == "heatmap":
             p.add_argument("--index", type=int, default=0)
             p.add_argument("--beam", type=int, default=5)
             p.add_argument("--out", type=Path, required=True)
@@ -151,10 +248,15 @@ def main(argv=None) -> None:
             print("no HardKuma attention in this model (softmax weights: all > 0 up to float underflow)")
         for key, r in result.items():
             print(f"{key:13s} non-zero {r['nonzero_pct']:6.2f}%  expected L0 {r['expected_l0']:.4f}  cells {int(r['cells'])}")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1))
-    else:
+        write_json(result, args.json)
+    if args.cmd == "rows" or getattr(args, "rows_json", None):
+        result = cross_attention_rows(model, task, args.subset, args.limit)
+        for l, r in enumerate(result["layers"]):
+            print(f"cross-attention layer {l}: empty rows {r['empty_rows_pct']:5.1f}%  open cells per non-empty row "
+                  f"{r['mean_open_cells']:5.2f}  mean max weight {r['mean_max_weight']:.3f}")
+        print(f"target tokens with every cross-attention row empty: {result['blind_tokens_pct']:.2f}%")
+        write_json(result, args.json if args.cmd == "rows" else args.rows_json)
+    if args.cmd == "heatmap":
         src, tgt, weights = cross_attention_of_translation(model, task, args.subset, args.index, args.beam)
         draw_heatmap(src, tgt, weights, args.out, f"{args.subset} sentence {args.index}: last-layer cross-attention")
         print(f"wrote {args.out}")

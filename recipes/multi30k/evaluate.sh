@@ -8,7 +8,8 @@
 # (runs/multi30k/text: spm.model and raw references), both made by prepare.sh.
 # Env: BEAM (5), BATCH (64), THREADS (1), HEATMAP_INDEX (0), OUT_DIR (CKPT_DIR).
 # Writes into OUT_DIR: gen.SUBSET.txt (fairseq-generate), hyp.SUBSET.txt (detokenised),
-# bleu.SUBSET.json, sparsity.SUBSET.json, heatmap.SUBSET.png.
+# bleu.SUBSET.json, sparsity.SUBSET.json, rows.SUBSET.json (cross-attention rows per layer: % empty,
+# open cells, max weight), heatmap.SUBSET.png.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CKPT_DIR="${1:?usage: evaluate.sh CKPT_DIR [test|valid]}"
@@ -34,6 +35,6 @@ grep '^H-' "$OUT/gen.$SUBSET.txt" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
 python "$ROOT/recipes/multi30k/score.py" --hyp "$OUT/hyp.$SUBSET.txt" --ref "$TEXT_DIR/raw/$SUBSET.en" \
   --json "$OUT/bleu.$SUBSET.json"
 python "$ROOT/recipes/multi30k/analyze.py" sparsity --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
-  --json "$OUT/sparsity.$SUBSET.json" 2>&1 | grep -v tensorboardX
+  --json "$OUT/sparsity.$SUBSET.json" --rows-json "$OUT/rows.$SUBSET.json" 2>&1 | grep -v tensorboardX
 python "$ROOT/recipes/multi30k/analyze.py" heatmap --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
   --index "${HEATMAP_INDEX:-0}" --out "$OUT/heatmap.$SUBSET.png" 2>&1 | grep -v tensorboardX

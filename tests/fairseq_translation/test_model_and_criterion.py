@@ -118,3 +118,33 @@ def test_softmax_model_reports_no_stats(data_dir):
     with collect_attention_stats() as stats:
         model(**toy_batch(task)["net_input"])
     assert stats.total() is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention", ["none", "cross"])
+def test_cross_attention_recorder_leaves_the_model_unchanged(data_dir, attention):
+    """recipes/multi30k/analyze.py's recorder: per-head cross-attention of every decoder layer,
+    same model outputs (and same returned attention) as without it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "multi30k" / "analyze.py"
+    spec = importlib.util.spec_from_file_location("multi30k_analyze", path)
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+
+    task, model, _ = build(data_dir, attention)
+    model.eval()
+    net = toy_batch(task)["net_input"]
+    ref_out, ref_extra = model(**net)
+    with analyze.CrossAttentionRecorder(model) as rec:
+        out, extra = model(**net)
+    assert torch.equal(out, ref_out) and torch.equal(extra["attn"][0], ref_extra["attn"][0])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rec.modules)  # hooks removed
+    (w,), = rec.weights  # one decoder layer, one forward
+    B, S = net["src_tokens"].shape
+    assert w.shape == (model.decoder.layers[0].encoder_attn.num_heads, B, net["prev_output_tokens"].size(1), S)
+    assert torch.allclose(w.mean(0), ref_extra["attn"][0])  # the last layer's head mean, as fairseq returns it
+    assert (w[:, 0, :, :2] == 0).all()  # left padding of sentence 0
+    if attention == "none":
+        assert (w[:, 1:] > 0).all()

@@ -45,4 +45,7 @@ def test_prepare_train_generate_score(tmp_path):
     sparsity = json.loads((ckpt / "sparsity.test.json").read_text())
     assert set(sparsity) == {"cross", "all"}
     assert 0.0 <= sparsity["cross"]["nonzero_pct"] <= 100.0 and sparsity["cross"]["cells"] > 0
+    rows = json.loads((ckpt / "rows.test.json").read_text())
+    assert len(rows["layers"]) == 1 and rows["tokens"] > 24  # tiny arch: one decoder layer
+    assert 0.0 <= rows["layers"][0]["empty_rows_pct"] <= 100.0 and 0.0 <= rows["blind_tokens_pct"] <= 100.0
     assert (ckpt / "heatmap.test.png").stat().st_size > 1000
