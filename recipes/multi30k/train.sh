@@ -13,6 +13,8 @@
 #      L0_LAMBDA_INIT (5e-3), L0_LAMBDA_MAX (0.1).  The paper's controller (lr 0.01, alpha 0.99,
 #      lambda_init 1e-4) is too slow for a one-hour run; an uncapped fast one (lambda_max 5)
 #      overshot to ~0.6 % non-zero cross-attention (README.md).
+#      NORMALIZE=softmax (gate x softmax(score_a), renormalised) scored +5.3 BLEU over sum at the same
+#      budget and sparsity (26.64 vs 21.33; softmax model 30.93: README.md, issue #5).
 # Always passes --required-batch-size-multiple 1 (else this fairseq silently drops the last
 # partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins sets
 # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
