@@ -52,7 +52,7 @@ class HardKumaOptions:
     """Which attentions use HardKuma gates, and how (read from ``--hardkuma-*`` args)."""
 
     attention: str = "cross"
-    normalize: str = "sum"
+    normalize: str = "softmax"
     support: Tuple[float, float] = DEFAULT_SUPPORT
     ab_clamp: Tuple[float, float] = (1e-3, 100.0)
 
@@ -78,7 +78,7 @@ class HardKumaOptions:
     def from_args(cls, args) -> "HardKumaOptions":
         return cls(
             attention=getattr(args, "hardkuma_attention", "cross"),
-            normalize=getattr(args, "hardkuma_normalize", "sum"),
+            normalize=getattr(args, "hardkuma_normalize", "softmax"),
             support=(float(getattr(args, "hardkuma_support_left", DEFAULT_SUPPORT[0])),
                      float(getattr(args, "hardkuma_support_right", DEFAULT_SUPPORT[1]))),
             ab_clamp=(1e-3, float(getattr(args, "hardkuma_ab_max", 100.0))),
@@ -166,7 +166,8 @@ class HardKumaTransformerModel(TransformerModel):
                             help="attention types with HardKuma gates: none (softmax baseline), "
                                  "cross (encoder-decoder), self (encoder+decoder self), all")
         parser.add_argument("--hardkuma-normalize", choices=NORMALIZE_MODES,
-                            help="sum: gates / row sum; none: raw gates (paper); softmax: gate*softmax")
+                            help="softmax (default): gate*softmax(score_a), renormalised over the open "
+                                 "cells; sum: gates / row sum; none: raw gates (paper)")
         parser.add_argument("--hardkuma-support-left", type=float, help="HardKuma stretch l (< 0)")
         parser.add_argument("--hardkuma-support-right", type=float, help="HardKuma stretch r (> 1)")
         parser.add_argument("--hardkuma-ab-max", type=float, help="upper clamp of a and b")
@@ -187,9 +188,9 @@ class HardKumaTransformerModel(TransformerModel):
 
 @register_model_architecture("transformer_hardkuma", "transformer_hardkuma")
 def transformer_hardkuma_base(args):
-    """Transformer base (6 layers, 512-d, 8 heads) with HardKuma cross-attention, gates / row sum."""
+    """Transformer base (6 layers, 512-d, 8 heads) with HardKuma cross-attention, gate * softmax."""
     args.hardkuma_attention = getattr(args, "hardkuma_attention", None) or "cross"
-    args.hardkuma_normalize = getattr(args, "hardkuma_normalize", None) or "sum"
+    args.hardkuma_normalize = getattr(args, "hardkuma_normalize", None) or "softmax"
     args.hardkuma_support_left = getattr(args, "hardkuma_support_left", None) or DEFAULT_SUPPORT[0]
     args.hardkuma_support_right = getattr(args, "hardkuma_support_right", None) or DEFAULT_SUPPORT[1]
     args.hardkuma_ab_max = getattr(args, "hardkuma_ab_max", None) or 100.0
