@@ -4,13 +4,16 @@ r"""Explaining trained classifiers.
   or logit masks, sigmoid or HardKuma gates, batched, with chunking of long inputs;
 - :mod:`.rrr`   right-for-the-right-reasons training (Ross, Hughes & Doshi-Velez 2017): input-gradient
   penalty by double backpropagation, lambda auto-scaling, find-another-explanation;
+- :mod:`.rrr_text` RRR for a ``hardkuma-rationale train`` text classifier (``train --rrr``: the
+  trainer's ``extra_loss`` hook, A = tokens outside the human rationale) and ``rrr-eval``
+  (accuracy, input-gradient mass inside human rationales);
 - :mod:`.decoy` decoy digits (scikit-learn's 8x8 digits with a class-dependent corner patch), MLP
   training with / without RRR, 2-D image masks;
 - :mod:`.text`  explaining a ``hardkuma-rationale train`` text classifier: mask optimisation vs
-  input×gradient and integrated gradients, token F1 / IOU-F1 / AUPRC vs human spans, ERASER
+  input×gradient, integrated gradients and occlusion, token F1 / IOU-F1 / AUPRC vs human spans, ERASER
   faithfulness with AOPC;
 - :mod:`.plot`  PNG of image masks;
-- :mod:`.cli`   ``python -m hardkuma_attention.explain decoy-digits|mask``.
+- :mod:`.cli`   ``python -m hardkuma_attention.explain decoy-digits|mask|rrr-eval``.
 
 Importing this package imports torch only (scikit-learn / matplotlib load when used).
 """
