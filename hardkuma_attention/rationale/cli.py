@@ -227,9 +227,14 @@ def cmd_train(args) -> int:
             per_dimension=args.rrr_per_dimension))
         print(f"RRR: {extra_loss.info}", file=sys.stderr)
         # Double backprop through saturated LSTM gates produces denormal floats, which made CPU steps
-        # 2-3x slower on Movies; flushing them to zero changes nothing measurable.
+        # 2-3x slower on Movies; flush them to zero during training only (process-wide setting,
+        # restored to torch's default afterwards so callers in the same process are unaffected).
         torch.set_flush_denormal(True)
-    summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss)
+    try:
+        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss)
+    finally:
+        if extra_loss is not None:
+            torch.set_flush_denormal(False)
 
     from .train import load_pipeline
 

@@ -89,6 +89,11 @@ def test_penalty_moves_gradient_mass_off_the_decoy(trained):
     assert json.loads((tmp / "off" / "results.json").read_text())["rrr"]["lambda1"] == 0
 
 
+def test_train_restores_denormal_floats(trained):
+    # train --rrr flushes denormals while it trains; the process must get them back afterwards
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
 def test_annotation_rows_is_valid_complement_of_rationale():
     ex = [Example(["a", "b", "c"], "POS", rationale=[False, True, False]), Example(["a", "b"], "NEG", rationale=None)]
     valid = torch.tensor([[True, True, True], [True, True, False]])
