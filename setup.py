@@ -13,7 +13,8 @@ EXTRAS = {
     # tokenisers pinned exactly: the Multi30k recipe's subwords must be reproducible
     "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece==0.2.3", "sacremoses==0.2.0"],
     "rationale": ["tqdm>=4.60", "matplotlib>=3.7"],
-    "explain": ["tqdm>=4.60", "matplotlib>=3.7", "scikit-learn>=1.3"],
+    # captum: only the test that checks our occlusion scores against captum's Occlusion
+    "explain": ["tqdm>=4.60", "matplotlib>=3.7", "scikit-learn>=1.3", "captum>=0.8,<0.10"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
