@@ -303,11 +303,21 @@ def _row_blocks(T: int, cells_per_row: int, compile: bool):
     return [(t, min(T, t + step)) for t in range(0, T, step)]
 
 
-def _rows(x: Optional[torch.Tensor], t0: int, t1: int) -> Optional[torch.Tensor]:
-    """Query rows ``t0:t1`` (dim -2) of a tensor broadcastable to ``(..., T, S)``."""
-    if x is None or x.dim() < 2 or x.shape[-2] == 1:
+def _rows(x, t0: int, t1: int):
+    """Query rows ``t0:t1`` (dim -2) of a tensor broadcastable to ``(..., T, S)``; anything else
+    (None, a Python number, a tensor broadcast along the rows) is returned as it is."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-2] == 1:
         return x
     return x[..., t0:t1, :]
+
+
+def _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0: int, t1: int):
+    """The two score maps of query rows ``t0:t1``: ``(qa_s ka_t + bias, qb_s kb_t)``, each
+    ``(..., t1 - t0, S)`` (queries pre-scaled, keys pre-transposed)."""
+    sa = torch.matmul(qa_s[..., t0:t1, :], ka_t)
+    if bias is not None:
+        sa = sa + _rows(bias, t0, t1)
+    return sa, torch.matmul(qb_s[..., t0:t1, :], kb_t)
 
 
 def _lead_shape(*xs) -> torch.Size:
@@ -340,10 +350,7 @@ class _HardKumaAttentionGates(torch.autograd.Function):
         counter = compile and COUNTER_NOISE
         gate = _kernel(_gate_block_counter if counter else _gate_block, compile)
         for t0, t1 in _row_blocks(T, out[..., :1, :].numel(), compile):
-            sa = torch.matmul(qa_s[..., t0:t1, :], ka_t)  # (..., t, S)
-            if bias is not None:
-                sa = sa + _rows(bias, t0, t1)
-            sb = torch.matmul(qb_s[..., t0:t1, :], kb_t)
+            sa, sb = _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0, t1)  # (..., t, S)
             v = _rows(valid, t0, t1)
             if want_l0:
                 l0 += _l0_sum(sa, sb, v, log_k0, ab_min, ab_max, compile)
@@ -354,11 +361,8 @@ class _HardKumaAttentionGates(torch.autograd.Function):
                 u = torch.rand(o.shape, dtype=o.dtype, device=o.device, generator=generator)
             gate(o, sa, sb, u, v, lo, hi, ab_min, ab_max, eps)
             del sa, sb, u
-            if normalize_sum:
-                inside[..., t0:t1, :] = (o > 0) & (o < 1)
-                d = row_sum_or_one(o)
-                denom[..., t0:t1, :] = d
-                o.div_(d)
+            if normalize_sum:  # masked already: only the in-place normalisation of the block
+                _, denom[..., t0:t1, :], inside[..., t0:t1, :] = _finish_forward(o, None, True)
         ctx.consts = (scale, lo, hi, ab_min, ab_max, log_k0, compile)
         ctx.save_for_backward(qa, ka, qb, kb, bias, valid, out, denom, inside)
         if not want_l0:
@@ -381,18 +385,14 @@ class _HardKumaAttentionGates(torch.autograd.Function):
         g_l0 = _l0_grad(grad_l0, valid, out.dtype)
         grad_kernel = _kernel(_gate_backward, compile)
         for t0, t1 in _row_blocks(T, out[..., :1, :].numel(), compile):
-            sa = torch.matmul(qa_s[..., t0:t1, :], ka_t)
-            if bias is not None:
-                sa = sa + _rows(bias, t0, t1)
-            sb = torch.matmul(qb_s[..., t0:t1, :], kb_t)
+            sa, sb = _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0, t1)
             out_t = out[..., t0:t1, :]
             if grad_out is None:
                 grad_z, z = torch.zeros_like(out_t), out_t
             else:
                 grad_z, z = _unnormalize(grad_out[..., t0:t1, :], out_t, _rows(denom, t0, t1))
             dsa, dsb = grad_kernel(
-                grad_z, z, _rows(inside, t0, t1), sa, sb, _rows(g_l0, t0, t1) if not isinstance(g_l0, float) else g_l0,
-                lo, hi, ab_min, ab_max, log_k0,
+                grad_z, z, _rows(inside, t0, t1), sa, sb, _rows(g_l0, t0, t1), lo, hi, ab_min, ab_max, log_k0,
             )
             del sa, sb, grad_z, z
             if g_bias is not None:
