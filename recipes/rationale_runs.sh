@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared by recipes/sst/run.sh and recipes/movies/run.sh (source it; it runs nothing by itself).
+# Shared by recipes/sst/run.sh, recipes/movies/run.sh and recipes/explain/movies_rrr.sh (source it;
+# it runs nothing by itself).
 #
 # HARDKUMA_CONTROLLER: the HardKuma selection controller that converged on SST and is reused on
 # Movies: equality constraint (lambda may turn negative; core additive update) with a slow
@@ -26,4 +27,25 @@ launch_runs() {
       --out "$OUT/$name" --name "${prefix}_$name" > "$OUT/$name.log" 2>&1 &
   done
   wait
+}
+
+# require_data DIR PATH...: stop with a message naming the first PATH missing under DIR.
+require_data() {
+  local dir="$1" f
+  shift
+  for f in "$@"; do
+    [ -e "$dir/$f" ] || { echo "missing $dir/$f (set DATA_DIR)" >&2; exit 1; }
+  done
+}
+
+MOVIES_DATA=(movies/train.jsonl movies/val.jsonl movies/docs glove/glove.6B.50d.filtered.txt.gz)
+
+# movies_args EPOCHS: the ERASER Movies classifier settings of recipes/movies/run.sh (every run there, and
+# both models of recipes/explain/movies_rrr.sh) into the array MOVIES_ARGS, seed and gate not
+# included.  Uses DATA_DIR, MAX_LENGTH and MAX_MINUTES.
+movies_args() {
+  MOVIES_ARGS=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --test "$DATA_DIR/movies/val.jsonl"
+               --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" --max-length "$MAX_LENGTH"
+               --epochs "$1" --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
+               --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress)
 }

@@ -18,6 +18,8 @@
 # MAX_MINUTES (per run, default 20), MAX_LENGTH (default 400), EPOCHS (default 30).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/rationale_runs.sh"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 OUT="${OUT:-$ROOT/runs/explain/movies_rrr}"
 SEEDS="${SEEDS:-1}"
@@ -28,16 +30,12 @@ MAX_MINUTES="${MAX_MINUTES:-20}"
 MAX_LENGTH="${MAX_LENGTH:-400}"
 EPOCHS="${EPOCHS:-30}"
 PY="${PYTHON:-python}"
-for f in movies/train.jsonl movies/val.jsonl movies/docs glove/glove.6B.50d.filtered.txt.gz; do
-  [ -e "$DATA_DIR/$f" ] || { echo "missing $DATA_DIR/$f (set DATA_DIR)" >&2; exit 1; }
-done
+require_data "$DATA_DIR" "${MOVIES_DATA[@]}"
 mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT"
 
-COMMON=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --test "$DATA_DIR/movies/val.jsonl"
-        --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" --max-length "$MAX_LENGTH"
-        --epochs "$EPOCHS" --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
-        --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --gate none)
+movies_args "$EPOCHS"  # = recipes/movies/run.sh fulltext
+COMMON=("${MOVIES_ARGS[@]}" --gate none)
 train() {  # name seed [extra args]
   local name=$1 seed=$2; shift 2
   echo "start $name seed $seed ($(date -u +%H:%M:%S))"

@@ -22,14 +22,10 @@ PARALLEL="${PARALLEL:-3}"
 MAX_MINUTES="${MAX_MINUTES:-14}"
 MAX_LENGTH="${MAX_LENGTH:-400}"
 PY="${PYTHON:-python}"
-for f in movies/train.jsonl movies/val.jsonl movies/docs glove/glove.6B.50d.filtered.txt.gz; do
-  [ -e "$DATA_DIR/$f" ] || { echo "missing $DATA_DIR/$f (set DATA_DIR)" >&2; exit 1; }
-done
+require_data "$DATA_DIR" "${MOVIES_DATA[@]}"
 
-COMMON=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --test "$DATA_DIR/movies/val.jsonl"
-        --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" --max-length "$MAX_LENGTH"
-        --epochs 30 --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
-        --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
+movies_args 30
+COMMON=("${MOVIES_ARGS[@]}" --seed 1)
 declare -A RUNS=(
   [hardkuma_0.1]="--gate hardkuma --selection 0.1 $HARDKUMA_CONTROLLER"
   [bernoulli_0.1]="--gate bernoulli --sparsity-target 0.1 --sparsity-weight 2.0 --coherence-weight 1.0"

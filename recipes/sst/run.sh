@@ -19,9 +19,7 @@ PARALLEL="${PARALLEL:-3}"
 MAX_MINUTES="${MAX_MINUTES:-14}"
 EPOCHS="${EPOCHS:-30}"
 PY="${PYTHON:-python}"
-for f in sst/train.txt sst/dev.txt sst/test.txt glove/glove.6B.50d.filtered.txt.gz; do
-  [ -f "$DATA_DIR/$f" ] || { echo "missing $DATA_DIR/$f (set DATA_DIR)" >&2; exit 1; }
-done
+require_data "$DATA_DIR" sst/train.txt sst/dev.txt sst/test.txt glove/glove.6B.50d.filtered.txt.gz
 
 COMMON=(--format sst --train "$DATA_DIR/sst/train.txt" --dev "$DATA_DIR/sst/dev.txt"
         --test "$DATA_DIR/sst/test.txt" --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz"
