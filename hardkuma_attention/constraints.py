@@ -12,6 +12,22 @@ Rezende & Viola (2018) "Taming VAEs" / Bastings et al. (2019), Section 4.  For a
 loss pushes the measured value down only as hard as needed.  Defaults are the paper's SST setting:
 ``alpha = 0.99``, ``eta = 0.01``, ``lambda_init = 1e-4``; ``m`` starts at 0 as in the paper's code.
 
+Two optional extensions (both off by default, so the paper's rule above is unchanged):
+
+* ``damping = d > 0`` adds a proportional term (the damping of Platt & Barr's "modified
+  differential method of multipliers"): ``penalty = stopgrad(lambda + d * m) * c_hat``, i.e. the
+  loss also carries ``d/2 * c^2`` at the moving-average level.  ``lambda`` alone is an integral
+  controller: while the measured value sits far from the target it keeps winding up, and once
+  it does move the parameters it overshoots (with Adam, whose steps do not shrink with the size of
+  the push, the measured value then swings between its extremes).  The proportional term pushes
+  at once and fades as the target is reached.  For an inequality constraint the coefficient is
+  clamped at 0, so a satisfied constraint never pushes the measured value up.
+* ``forward(measured, observed=...)``: the multiplier tracks ``observed`` (any scalar, no
+  gradient needed) while the penalty's gradient still comes from ``measured`` — a proxy
+  Lagrangian (Cotter et al. 2019).  Use it when the quantity that has to meet the target is not
+  differentiable, e.g. the fraction of gates that are non-zero after the deterministic test-time
+  decision, with the expected L0 as its differentiable stand-in.
+
 With ``equality=True`` the same update drives ``measured`` towards the target from both sides:
 ``lambda`` may turn negative (clamped to ``[-lambda_max, lambda_max]``) and is updated additively
 (``lambda <- lambda + eta * m``) since a multiplicative update cannot change sign.
@@ -38,6 +54,7 @@ class LagrangianConstraint(nn.Module):
         lr: ``eta``, the step size of the multiplier update.
         lambda_init, lambda_min, lambda_max: initial value and bounds of the multiplier.
         equality: treat the constraint as ``measured == target`` (see the module docstring).
+        damping: weight ``d >= 0`` of the proportional term (see the module docstring).
     """
 
     def __init__(
@@ -49,8 +66,11 @@ class LagrangianConstraint(nn.Module):
         lambda_min: float = 1e-12,
         lambda_max: float = 5.0,
         equality: bool = False,
+        damping: float = 0.0,
     ):
         super().__init__()
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got damping={damping}")
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got alpha={alpha}")
         if lr <= 0:
@@ -66,6 +86,7 @@ class LagrangianConstraint(nn.Module):
         self.lambda_min = float(lambda_min)
         self.lambda_max = float(lambda_max)
         self.equality = bool(equality)
+        self.damping = float(damping)
         self.register_buffer("lagrange_multiplier", torch.tensor(float(lambda_init), dtype=torch.float32))
         self.register_buffer("moving_average", torch.tensor(0.0, dtype=torch.float32))
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
@@ -74,6 +95,7 @@ class LagrangianConstraint(nn.Module):
         return (
             f"target={self.target}, alpha={self.alpha}, lr={self.lr}, "
             f"lambda=[{self.lambda_min}, {self.lambda_max}], equality={self.equality}"
+            + (f", damping={self.damping}" if self.damping else "")
         )
 
     def _apply(self, fn, recurse=True):
@@ -91,14 +113,24 @@ class LagrangianConstraint(nn.Module):
     def multiplier(self) -> float:
         return float(self.lagrange_multiplier)
 
-    def forward(self, measured: torch.Tensor) -> torch.Tensor:
-        """Return the penalty ``stopgrad(lambda) * c_hat`` for a scalar ``measured`` (float32)."""
+    def forward(self, measured: torch.Tensor, observed: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Return the penalty ``stopgrad(lambda + d * m) * c_hat`` for a scalar ``measured``.
+
+        ``observed`` (default: ``measured``) is the value the moving average and the multiplier
+        track; the penalty's gradient is always that of ``measured``.  Computed in float32.
+        """
         if measured.dim() != 0:
             raise ValueError(f"measured must be a scalar tensor, got shape {tuple(measured.shape)}")
         c = measured.float() - self.target
+        if observed is None:
+            c_obs = c.detach()
+        else:
+            c_obs = torch.as_tensor(observed, dtype=torch.float32, device=c.device).detach() - self.target
+            if c_obs.dim() != 0:
+                raise ValueError(f"observed must be a scalar, got shape {tuple(c_obs.shape)}")
         if self.training:
             with torch.no_grad():
-                m = self.alpha * self.moving_average + (1 - self.alpha) * c.detach()
+                m = self.alpha * self.moving_average + (1 - self.alpha) * c_obs
                 self.moving_average.copy_(m)
                 if self.equality:
                     lam = (self.lagrange_multiplier + self.lr * m).clamp(-self.lambda_max, self.lambda_max)
@@ -109,4 +141,9 @@ class LagrangianConstraint(nn.Module):
                 self.lagrange_multiplier.copy_(lam)
                 self.num_updates.add_(1)
         c_hat = c + (self.moving_average - c).detach()
-        return self.lagrange_multiplier.detach() * c_hat
+        coef = self.lagrange_multiplier
+        if self.damping:
+            coef = coef + self.damping * self.moving_average
+            if not self.equality:
+                coef = coef.clamp_min(0.0)
+        return coef.detach() * c_hat

@@ -109,3 +109,78 @@ def test_drives_a_rate_to_its_target():
     assert sum(tail) / len(tail) == pytest.approx(0.3, abs=0.03)
     assert rates[0] > 0.45  # it started well above the target and was pulled down
     assert min(lambdas[1500:]) < 1.0 < max(lambdas[1500:])
+
+
+def test_damping_adds_proportional_term():
+    d = 3.0
+    c = LagrangianConstraint(0.5, alpha=0.5, lr=0.1, lambda_init=0.0, equality=True, damping=d)
+    lam, m = 0.0, 0.0
+    for measured in (0.9, 0.8, 0.2, 0.1):
+        x = torch.tensor(measured, requires_grad=True)
+        pen = c(x)
+        m = 0.5 * m + 0.5 * (measured - 0.5)
+        lam = lam + 0.1 * m
+        (g,) = torch.autograd.grad(pen, x)
+        assert c.multiplier == pytest.approx(lam, rel=1e-6)
+        assert g.item() == pytest.approx(lam + d * m, rel=1e-6)
+        assert pen.item() == pytest.approx((lam + d * m) * m, rel=1e-5)
+    assert "damping=3.0" in repr(c)
+
+
+def test_damping_never_pushes_a_satisfied_inequality_up():
+    c = LagrangianConstraint(0.5, alpha=0.0, lr=0.1, lambda_init=1e-3, damping=10.0)
+    x = torch.tensor(0.1, requires_grad=True)  # below the target: m = -0.4, lambda + d m < 0
+    (g,) = torch.autograd.grad(c(x), x)
+    assert g.item() == 0.0
+    x = torch.tensor(0.9, requires_grad=True)
+    (g,) = torch.autograd.grad(c(x), x)
+    assert g.item() == pytest.approx(c.multiplier + 10.0 * 0.4, rel=1e-5)
+
+
+def test_bad_damping_and_observed_shape_are_rejected():
+    with pytest.raises(ValueError, match="damping"):
+        LagrangianConstraint(0.1, damping=-1.0)
+    c = LagrangianConstraint(0.1)
+    with pytest.raises(ValueError, match="observed"):
+        c(torch.tensor(0.2), torch.tensor([0.1, 0.2]))
+
+
+def test_multiplier_tracks_observed_while_gradient_comes_from_measured():
+    c = LagrangianConstraint(0.3, alpha=0.0, lr=0.5, lambda_init=0.0, equality=True)
+    x = torch.tensor(0.3, requires_grad=True)  # measured exactly on target ...
+    pen = c(x, observed=0.1)  # ... but the observed value is 0.2 below it
+    assert c.moving_average.item() == pytest.approx(-0.2)
+    assert c.multiplier == pytest.approx(-0.1)
+    (g,) = torch.autograd.grad(pen, x)
+    assert g.item() == pytest.approx(-0.1)
+    c.eval()
+    c(x, observed=torch.tensor(0.9))
+    assert c.multiplier == pytest.approx(-0.1)  # eval: no update
+
+
+def _gates_under_constraint(proxy: bool, steps: int = 3000):
+    """50 gates p = sigmoid(theta) that the task wants open (weights 0.1..1), expected rate
+    constrained to 0.3; decoded = share of gates with p > 0.5 (no gradient)."""
+    torch.manual_seed(0)
+    theta = torch.zeros(50, requires_grad=True)
+    w = torch.linspace(0.1, 1.0, 50)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    c = LagrangianConstraint(0.3, alpha=0.9, lr=0.05, lambda_init=0.0, lambda_max=50.0, equality=True)
+    for _ in range(steps):
+        p = torch.sigmoid(theta)
+        decoded = (p.detach() > 0.5).float().mean()
+        loss = -(w * torch.log(p)).mean() + c(p.mean(), decoded if proxy else None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = torch.sigmoid(theta).detach()
+    return p.mean().item(), (p > 0.5).float().mean().item()
+
+
+def test_proxy_lagrangian_meets_the_target_on_the_observed_quantity():
+    expected, decoded = _gates_under_constraint(proxy=False)
+    assert expected == pytest.approx(0.3, abs=0.01)
+    assert decoded < 0.2  # graded gates: far fewer than 30 % are decoded as open
+    expected, decoded = _gates_under_constraint(proxy=True)
+    assert decoded == pytest.approx(0.3, abs=0.021)  # 50 gates: steps of 0.02
+    assert expected > 0.32

@@ -34,6 +34,9 @@ _HELP = {
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
     "lasso": "HardKuma: Lagrangian target for the expected transition rate (fused lasso)",
     "equality": "treat the Lagrangian constraints as equalities (drive to the target from both sides)",
+    "lagrange_damping": "proportional term d of the Lagrangian controller: push by lambda + d * (rate - target)",
+    "selection_measure": "what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
+                         "(share of tokens kept by the deterministic test-time decision; gradient still from L0)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",

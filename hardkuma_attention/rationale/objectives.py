@@ -69,6 +69,17 @@ class ObjectiveConfig:
     first N updates (``target_t = s + (1 - s) max(0, 1 - t / N)``), so the multiplier tracks a
     slowly moving equilibrium instead of winding up while the gates sit at 1 and then switching
     every gate off.
+
+    ``lagrange_damping``: the proportional term of the core controller (``damping``): the
+    selector is pushed by ``lambda + d * m`` instead of ``lambda`` alone, so it reacts at once to
+    a selection far from the target instead of waiting for ``lambda`` to wind up.
+
+    ``selection_measure``: what the selection multiplier tracks.  ``"expected"`` (the paper) is
+    the expected L0 itself; ``"decoded"`` is the fraction of tokens kept by the deterministic
+    test-time decision (:meth:`HardKumaraswamy.deterministic`) on the training batch, with the
+    expected L0 still providing the gradient (a proxy Lagrangian).  The two differ where gates
+    are uncertain: a gate with ``P(0) = 0.5, P(1) = 0.4`` counts 0.5 towards the expected L0 but
+    is decoded as 0, so with ``"expected"`` the test-time selection falls below the target.
     """
 
     selection: Optional[float] = None
@@ -84,6 +95,16 @@ class ObjectiveConfig:
     baseline_decay: float = 0.95
     constraint_warmup: int = 0
     selection_anneal: int = 0
+    lagrange_damping: float = 0.0
+    selection_measure: str = "expected"
+
+    def __post_init__(self):
+        if self.selection_measure not in ("expected", "decoded"):
+            raise ValueError(
+                f"selection_measure (--selection-measure) must be 'expected' or 'decoded', got {self.selection_measure!r}"
+            )
+        if self.lagrange_damping < 0:
+            raise ValueError(f"lagrange_damping (--lagrange-damping) must be >= 0, got {self.lagrange_damping}")
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
@@ -119,7 +140,7 @@ class RationaleObjective(nn.Module):
         c = config
         lambda_init = c.lambda_init if c.lambda_init is not None else (0.0 if c.equality else 1e-3)
         kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=lambda_init,
-                      lambda_max=c.lambda_max, equality=c.equality)
+                      lambda_max=c.lambda_max, equality=c.equality, damping=c.lagrange_damping)
         self.selection_constraint = (
             LagrangianConstraint(c.selection, **kwargs) if gate == "hardkuma" and c.selection is not None else None
         )
@@ -151,7 +172,13 @@ class RationaleObjective(nn.Module):
                     t = max(int(self.updates) - self.config.constraint_warmup, 0)
                     self.selection_constraint.target = s + (1 - s) * max(0.0, 1 - t / c_anneal)
                     stats["selection_target"] = self.selection_constraint.target
-                loss = loss + self.selection_constraint(l0)
+                observed = None
+                if self.config.selection_measure == "decoded":
+                    with torch.no_grad():
+                        decoded = masked_mean((out.dist.deterministic() != 0).to(torch.float32), mask, dim=-1)
+                    observed = decoded.mean()
+                    stats["decoded_selected"] = float(observed)
+                loss = loss + self.selection_constraint(l0, observed)
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
                 trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)

@@ -133,6 +133,32 @@ def test_constraint_warmup_keeps_multiplier_still():
     assert "lambda_selection" in stats and obj.selection_constraint.equality  # equality is the default
 
 
+def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
+    tokens, mask = batch()
+    m = model(gate="hardkuma").train()
+    y = torch.tensor([0, 1, 2])
+    cfg = dict(selection=0.2, lagrange_lr=1.0, lagrange_alpha=0.0, lagrange_damping=0.5)
+    obj = RationaleObjective(ObjectiveConfig(**cfg, selection_measure="decoded"), "hardkuma").train()
+    assert obj.selection_constraint.damping == 0.5
+    torch.manual_seed(1)
+    out = m(tokens, mask)
+    loss, stats = obj(out, y)
+    decoded = (out.dist.deterministic() != 0).float()
+    per_seq = [decoded[i, : int(mask[i].sum())].mean() for i in range(B)]
+    want = float(torch.stack(per_seq).mean())
+    assert stats["decoded_selected"] == pytest.approx(want)
+    assert obj.selection_constraint.multiplier == pytest.approx(want - 0.2, abs=1e-6)
+    loss.backward()
+    assert m.selector.scores.weight.grad.abs().sum() > 0
+    # the expected measure tracks the expected L0 instead (and logs no decoded rate)
+    obj2 = RationaleObjective(ObjectiveConfig(**cfg), "hardkuma").train()
+    _, stats2 = obj2(out, y)
+    assert "decoded_selected" not in stats2
+    assert obj2.selection_constraint.multiplier == pytest.approx(stats2["expected_l0"] - 0.2, abs=1e-6)
+    with pytest.raises(ValueError, match="--selection-measure"):
+        ObjectiveConfig(selection=0.2, selection_measure="sampled")
+
+
 def test_top_fraction_and_bernoulli_rate_decoding():
     from hardkuma_attention.rationale.models import top_fraction
 
