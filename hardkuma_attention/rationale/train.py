@@ -12,9 +12,12 @@ Public pieces (reused by the CLI and by later tools built on these models):
   best-on-dev checkpointing, a wall-clock budget, tqdm progress bars.
 
 Best-on-dev: when the objective has a selection target ``s`` (``--selection`` or the Bernoulli
-``--sparsity-target``), only evaluations whose dev selection rate is at most ``s + tolerance``
-are eligible and the best *task score* (accuracy, or ``-MSE``) among them wins (ties: the rate
-closest to the target); if none is eligible the one closest to the target is kept.  Without a target the best task score wins.
+``--sparsity-target``), only evaluations whose dev selection rate is within ``tolerance`` of
+``s`` are eligible — two-sided for the targets that are driven from both sides (the HardKuma
+equality constraint, the Bernoulli cost ``|rate - s|``), at most ``s + tolerance`` for the
+HardKuma inequality constraint (``--no-equality``, a budget) — and the best *task score*
+(accuracy, or ``-MSE``) among them wins (ties: the rate closest to the target); if none is
+eligible the one closest to the target is kept.  Without a target the best task score wins.
 """
 from __future__ import annotations
 
@@ -263,22 +266,25 @@ class TrainConfig:
     progress: bool = True
 
 
-def _selection_target(objective: RationaleObjective) -> Optional[float]:
+def _selection_target(objective: RationaleObjective) -> Tuple[Optional[float], bool]:
+    """``(target, two_sided)`` of the dev selection rate for checkpoint selection."""
     c = objective.config
     if objective.gate == "hardkuma":
-        return c.selection
+        return c.selection, c.equality
     if objective.gate == "bernoulli" and c.sparsity_target > 0:
-        return c.sparsity_target
-    return None
+        return c.sparsity_target, True
+    return None, False
 
 
-def _checkpoint_key(metrics, score, target, tol):
-    """Eligible (selection <= target + tol) first, then task score, then closeness to the target."""
+def _checkpoint_key(metrics, score, target, tol, two_sided=False):
+    """Eligible (selection within tol of the target; one-sided: at most target + tol) first, then
+    task score, then closeness to the target."""
     if target is None:
         return (1, score, 0.0)
-    if metrics["selected"] <= target + tol:
-        return (1, score, -abs(metrics["selected"] - target))
-    return (0, -(metrics["selected"] - target), 0.0)
+    gap = metrics["selected"] - target
+    if gap <= tol and (not two_sided or gap >= -tol):
+        return (1, score, -abs(gap))
+    return (0, -abs(gap), 0.0)
 
 
 ExtraLoss = Callable[[RationaleModel, "Batch"], Tuple[torch.Tensor, Dict[str, float]]]
@@ -310,7 +316,7 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
     encoded = pipeline.encode(train_examples)
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     eval_every = cfg.eval_every or steps_per_epoch
-    target = _selection_target(objective)
+    target, two_sided = _selection_target(objective)
     history_path = out_dir / "history.jsonl"
     history_path.write_text("")
     best_key, best_metrics, best_step = None, None, 0
@@ -324,7 +330,7 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
         metrics, _ = pipeline.evaluate(dev_examples, cfg.eval_batch_size)
         metrics.update({"step": step, "epoch": epoch, "minutes": (time.time() - start) / 60})
         metrics.update({f"train_{k}": v / max(running.get("_n", 1), 1) for k, v in running.items() if k != "_n"})
-        key = _checkpoint_key(metrics, pipeline.task_score(metrics), target, cfg.selection_tolerance)
+        key = _checkpoint_key(metrics, pipeline.task_score(metrics), target, cfg.selection_tolerance, two_sided)
         metrics["is_best"] = best_key is None or key > best_key
         if metrics["is_best"]:
             best_key, best_metrics, best_step = key, dict(metrics), step

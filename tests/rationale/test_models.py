@@ -192,3 +192,21 @@ def test_shape_from_score_range_and_gradient():
     s2 = torch.tensor([-30.0, 30.0], requires_grad=True)
     shape_from_score(s2, (0.1, 10.0), "clamp").sum().backward()
     assert torch.all(s2.grad == 0)  # the clamp map is flat past its bounds
+
+
+def test_best_on_dev_eligibility_is_two_sided_for_targets_driven_from_both_sides():
+    from hardkuma_attention.rationale.train import _checkpoint_key, _selection_target
+
+    def best(history, two_sided, target=0.3, tol=0.02):
+        keys = [_checkpoint_key({"selected": sel}, acc, target, tol, two_sided) for sel, acc in history]
+        return history[max(range(len(keys)), key=keys.__getitem__)]
+
+    history = [(0.20, 0.45), (0.31, 0.40), (0.29, 0.41), (0.50, 0.60)]
+    assert best(history, two_sided=False) == (0.20, 0.45)  # a budget: anything at most 0.32
+    assert best(history, two_sided=True) == (0.29, 0.41)
+    assert best([(0.10, 0.5), (0.45, 0.6)], two_sided=True) == (0.45, 0.6)  # none eligible: closest
+    eq = RationaleObjective(ObjectiveConfig(selection=0.3), "hardkuma")
+    ineq = RationaleObjective(ObjectiveConfig(selection=0.3, equality=False), "hardkuma")
+    bern = RationaleObjective(ObjectiveConfig(sparsity_target=0.3, sparsity_weight=1.0), "bernoulli")
+    full = RationaleObjective(ObjectiveConfig(), "none")
+    assert [_selection_target(o) for o in (eq, ineq, bern, full)] == [(0.3, True), (0.3, False), (0.3, True), (None, False)]
