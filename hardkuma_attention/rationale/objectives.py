@@ -50,9 +50,11 @@ __all__ = ["ObjectiveConfig", "RationaleObjective", "task_loss", "selection_rate
 class ObjectiveConfig:
     """Loss settings.  ``selection``/``lasso``: HardKuma targets (None = no constraint).
 
-    Lagrangian defaults (what converged on SST in ~3k updates): ``equality=True`` (the core's
-    additive update, lambda may turn negative) with ``lagrange_lr = 0.002``, ``lagrange_alpha =
-    0.9`` and ``lambda_init = 0``; together with the model's ``ab_clamp = (0.1, 10)``.  Faster
+    Lagrangian defaults (what converged on SST for targets 0.1, 0.3 and 0.5): ``equality=True``
+    (the core's additive update, lambda may turn negative) with ``lagrange_lr = 0.002``,
+    ``lagrange_alpha = 0.9``, ``lambda_init = 0``, ``lagrange_damping = 1`` and
+    ``selection_measure = "decoded"``; together with the model's ``ab_clamp = (0.1, 10)``.  The
+    paper's controller is ``equality=False, lagrange_damping=0, selection_measure="expected"``.  Faster
     multipliers (0.01-0.05, alpha 0.99) wind lambda up while the gates sit at exactly 1 and then
     switch every gate off at once.  With the paper's inequality form the
     multiplier only ever pushes the selection *down*; on SST a fast multiplier (lr 0.05) drove every
@@ -95,8 +97,8 @@ class ObjectiveConfig:
     baseline_decay: float = 0.95
     constraint_warmup: int = 0
     selection_anneal: int = 0
-    lagrange_damping: float = 0.0
-    selection_measure: str = "expected"
+    lagrange_damping: float = 1.0
+    selection_measure: str = "decoded"
 
     def __post_init__(self):
         if self.selection_measure not in ("expected", "decoded"):

@@ -138,7 +138,7 @@ def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
     m = model(gate="hardkuma").train()
     y = torch.tensor([0, 1, 2])
     cfg = dict(selection=0.2, lagrange_lr=1.0, lagrange_alpha=0.0, lagrange_damping=0.5)
-    obj = RationaleObjective(ObjectiveConfig(**cfg, selection_measure="decoded"), "hardkuma").train()
+    obj = RationaleObjective(ObjectiveConfig(**cfg), "hardkuma").train()  # decoded is the default
     assert obj.selection_constraint.damping == 0.5
     torch.manual_seed(1)
     out = m(tokens, mask)
@@ -150,8 +150,8 @@ def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
     assert obj.selection_constraint.multiplier == pytest.approx(want - 0.2, abs=1e-6)
     loss.backward()
     assert m.selector.scores.weight.grad.abs().sum() > 0
-    # the expected measure tracks the expected L0 instead (and logs no decoded rate)
-    obj2 = RationaleObjective(ObjectiveConfig(**cfg), "hardkuma").train()
+    # the paper's measure tracks the expected L0 instead (and logs no decoded rate)
+    obj2 = RationaleObjective(ObjectiveConfig(**cfg, selection_measure="expected"), "hardkuma").train()
     _, stats2 = obj2(out, y)
     assert "decoded_selected" not in stats2
     assert obj2.selection_constraint.multiplier == pytest.approx(stats2["expected_l0"] - 0.2, abs=1e-6)
