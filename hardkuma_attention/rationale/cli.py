@@ -34,6 +34,8 @@ _HELP = {
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
     "lasso": "HardKuma: Lagrangian target for the expected transition rate (fused lasso)",
     "equality": "treat the Lagrangian constraints as equalities (drive to the target from both sides)",
+    "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
+                          "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
     "lagrange_damping": "proportional term d of the Lagrangian controller: push by lambda + d * (rate - target)",
     "selection_measure": "what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
                          "(share of tokens kept by the deterministic test-time decision; gradient still from L0)",

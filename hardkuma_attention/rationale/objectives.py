@@ -52,9 +52,10 @@ class ObjectiveConfig:
 
     Lagrangian defaults (what converged on SST for targets 0.1, 0.3 and 0.5): ``equality=True``
     (the core's additive update, lambda may turn negative) with ``lagrange_lr = 0.002``,
-    ``lagrange_alpha = 0.9``, ``lambda_init = 0``, ``lagrange_damping = 1`` and
-    ``selection_measure = "decoded"``; together with the model's ``ab_clamp = (0.1, 10)``.  The
-    paper's controller is ``equality=False, lagrange_damping=0, selection_measure="expected"``.  Faster
+    ``lagrange_alpha = 0.9``, ``lambda_init = 0``, ``lagrange_damping = 1``,
+    ``selection_measure = "decoded"`` and ``selection_gradient = "open"``; together with the
+    model's ``ab_clamp = (0.1, 10)``.  The paper's controller is ``equality=False,
+    lagrange_damping=0, selection_measure="expected", selection_gradient="l0"``.  Faster
     multipliers (0.01-0.05, alpha 0.99) wind lambda up while the gates sit at exactly 1 and then
     switch every gate off at once.  With the paper's inequality form the
     multiplier only ever pushes the selection *down*; on SST a fast multiplier (lr 0.05) drove every
@@ -82,6 +83,12 @@ class ObjectiveConfig:
     expected L0 still providing the gradient (a proxy Lagrangian).  The two differ where gates
     are uncertain: a gate with ``P(0) = 0.5, P(1) = 0.4`` counts 0.5 towards the expected L0 but
     is decoded as 0, so with ``"expected"`` the test-time selection falls below the target.
+
+    ``selection_gradient``: the differentiable quantity whose gradient the selection multiplier
+    pushes.  ``"l0"``: the expected L0 ``1 - P(z=0)``.  ``"open"``: ``(1 - P(z=0) + P(z=1)) / 2``,
+    which rises with the gate as well but whose gradient does not vanish when every gate is
+    confidently open (there ``P(z=0)`` is ~1e-12 and flat, while ``P(z=1)`` still moves); only
+    with ``selection_measure="decoded"``, since the multiplier must track the selection itself.
     """
 
     selection: Optional[float] = None
@@ -99,12 +106,21 @@ class ObjectiveConfig:
     selection_anneal: int = 0
     lagrange_damping: float = 1.0
     selection_measure: str = "decoded"
+    selection_gradient: str = "open"
 
     def __post_init__(self):
         if self.selection_measure not in ("expected", "decoded"):
             raise ValueError(
                 f"selection_measure (--selection-measure) must be 'expected' or 'decoded', got {self.selection_measure!r}"
             )
+        if self.selection_gradient not in ("l0", "open"):
+            raise ValueError(
+                f"selection_gradient (--selection-gradient) must be 'l0' or 'open', got {self.selection_gradient!r}"
+            )
+        if self.selection_gradient == "open" and self.selection_measure != "decoded":
+            raise ValueError("--selection-gradient open (the default) needs --selection-measure decoded: the "
+                             "multiplier must track the selection itself, not the surrogate; with "
+                             "--selection-measure expected add --selection-gradient l0")
         if self.lagrange_damping < 0:
             raise ValueError(f"lagrange_damping (--lagrange-damping) must be >= 0, got {self.lagrange_damping}")
 
@@ -180,7 +196,10 @@ class RationaleObjective(nn.Module):
                         decoded = masked_mean((out.dist.deterministic() != 0).to(torch.float32), mask, dim=-1)
                     observed = decoded.mean()
                     stats["decoded_selected"] = float(observed)
-                loss = loss + self.selection_constraint(l0, observed)
+                pushed = l0
+                if self.config.selection_gradient == "open":
+                    pushed = 0.5 * (l0 + masked_mean(out.dist.prob_one(), mask, dim=-1).mean())
+                loss = loss + self.selection_constraint(pushed, observed)
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
                 trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)

@@ -6,7 +6,7 @@
 #
 # Environment: DATA_DIR (default ../shared/data from the repo root; needs sst/{train,dev,test}.txt
 # and glove/glove.6B.50d.filtered.txt.gz), OUT (default runs/sst), PARALLEL (default 3),
-# MAX_MINUTES (training budget per run, default 14), EPOCHS (default 30).
+# MAX_MINUTES (training budget per run, default 14), EPOCHS (default 30), SEED (default 1).
 # Each run uses one torch thread (OMP_NUM_THREADS=1) and writes OUT/<name>/results.json.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -24,7 +24,7 @@ require_data "$DATA_DIR" sst/train.txt sst/dev.txt sst/test.txt glove/glove.6B.5
 COMMON=(--format sst --train "$DATA_DIR/sst/train.txt" --dev "$DATA_DIR/sst/dev.txt"
         --test "$DATA_DIR/sst/test.txt" --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz"
         --epochs "$EPOCHS" --batch-size 25 --lr 1e-3 --weight-decay 1e-5 --hidden-size 150 --dropout 0.5
-        --eval-every 171 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed 1)
+        --eval-every 171 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress --seed "${SEED:-1}")
 # HardKuma controller: HARDKUMA_CONTROLLER of recipes/rationale_runs.sh.
 declare -A RUNS=(
   [fulltext]="--gate none"

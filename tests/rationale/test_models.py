@@ -137,7 +137,7 @@ def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
     tokens, mask = batch()
     m = model(gate="hardkuma").train()
     y = torch.tensor([0, 1, 2])
-    cfg = dict(selection=0.2, lagrange_lr=1.0, lagrange_alpha=0.0, lagrange_damping=0.5)
+    cfg = dict(selection=0.2, lagrange_lr=1.0, lagrange_alpha=0.0, lagrange_damping=0.5, selection_gradient="l0")
     obj = RationaleObjective(ObjectiveConfig(**cfg), "hardkuma").train()  # decoded is the default
     assert obj.selection_constraint.damping == 0.5
     torch.manual_seed(1)
@@ -210,3 +210,28 @@ def test_best_on_dev_eligibility_is_two_sided_for_targets_driven_from_both_sides
     bern = RationaleObjective(ObjectiveConfig(sparsity_target=0.3, sparsity_weight=1.0), "bernoulli")
     full = RationaleObjective(ObjectiveConfig(), "none")
     assert [_selection_target(o) for o in (eq, ineq, bern, full)] == [(0.3, True), (0.3, False), (0.3, True), (None, False)]
+
+
+def test_open_selection_gradient_survives_when_every_gate_is_open():
+    from hardkuma_attention.rationale.models import RationaleOutput
+
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    y = torch.tensor([0, 1])
+
+    def grads(selection_gradient):
+        a = torch.full((2, 3), 10.0, requires_grad=True)  # a at its upper bound, b at its lower:
+        b = torch.full((2, 3), 0.1, requires_grad=True)  # P(z=0) ~ 1e-12, P(z=1) ~ 0.95
+        dist = HardKumaraswamy(a, b)
+        out = RationaleOutput(logits=torch.zeros(2, 3), z=torch.ones(2, 3), mask=mask, dist=dist)
+        obj = RationaleObjective(ObjectiveConfig(selection=0.3, lagrange_damping=0.0, lambda_init=1.0,
+                                                 selection_gradient=selection_gradient), "hardkuma").train()
+        loss, _ = obj(out, y)
+        return torch.autograd.grad(loss, (a, b))
+
+    ga, gb = grads("l0")
+    assert ga.abs().max() < 1e-9 and gb.abs().max() < 1e-9  # the expected L0 is flat here
+    ga, gb = grads("open")
+    assert ga.abs().min() > 1e-4 and gb.abs().min() > 1e-3  # P(z=1) still moves ...
+    assert (ga > 0).all() and (gb < 0).all()  # ... and descending closes the gates (a down, b up)
+    with pytest.raises(ValueError, match="--selection-measure decoded"):
+        ObjectiveConfig(selection=0.3, selection_gradient="open", selection_measure="expected")
