@@ -36,9 +36,10 @@ _HELP = {
     "equality": "treat the Lagrangian constraints as equalities (drive to the target from both sides)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
                           "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
-    "lagrange_damping": "proportional term d of the Lagrangian controller: push by lambda + d * (rate - target)",
+    "lagrange_damping": "proportional term d of the Lagrangian controllers (selection and lasso): "
+                        "push by lambda + d * (rate - target)",
     "selection_measure": "what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
-                         "(share of tokens kept by the deterministic test-time decision; gradient still from L0)",
+                         "(share of tokens kept by the deterministic test-time decision; the gradient: --selection-gradient)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",

@@ -73,14 +73,15 @@ class ObjectiveConfig:
     slowly moving equilibrium instead of winding up while the gates sit at 1 and then switching
     every gate off.
 
-    ``lagrange_damping``: the proportional term of the core controller (``damping``): the
-    selector is pushed by ``lambda + d * m`` instead of ``lambda`` alone, so it reacts at once to
-    a selection far from the target instead of waiting for ``lambda`` to wind up.
+    ``lagrange_damping``: the proportional term of the core controller (``damping``), for both
+    multipliers (selection and, with ``lasso``, transitions): the selector is pushed by
+    ``lambda + d * m`` instead of ``lambda`` alone, so it reacts at once to a rate far from the
+    target instead of waiting for ``lambda`` to wind up.
 
     ``selection_measure``: what the selection multiplier tracks.  ``"expected"`` (the paper) is
     the expected L0 itself; ``"decoded"`` is the fraction of tokens kept by the deterministic
-    test-time decision (:meth:`HardKumaraswamy.deterministic`) on the training batch, with the
-    expected L0 still providing the gradient (a proxy Lagrangian).  The two differ where gates
+    test-time decision (:meth:`HardKumaraswamy.deterministic`) on the training batch, while the
+    gradient comes from ``selection_gradient`` (a proxy Lagrangian).  The two differ where gates
     are uncertain: a gate with ``P(0) = 0.5, P(1) = 0.4`` counts 0.5 towards the expected L0 but
     is decoded as 0, so with ``"expected"`` the test-time selection falls below the target.
 
@@ -193,8 +194,7 @@ class RationaleObjective(nn.Module):
                 observed = None
                 if self.config.selection_measure == "decoded":
                     with torch.no_grad():
-                        decoded = masked_mean((out.dist.deterministic() != 0).to(torch.float32), mask, dim=-1)
-                    observed = decoded.mean()
+                        observed = selection_rate(out.dist.deterministic(), mask).mean()
                     stats["decoded_selected"] = float(observed)
                 pushed = l0
                 if self.config.selection_gradient == "open":
