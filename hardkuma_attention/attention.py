@@ -29,9 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import DEFAULT_SUPPORT
-from .functional import NORMALIZE_MODES, hardkuma_weights_from_scores
-from .fused import expected_l0_sum, hardkuma_attention_gates
-from .stats import gate_stats, report_stats, stats_requested
+from .functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
 
 __all__ = ["HardKumaAttention", "MASKED_SCORE"]
 
@@ -277,30 +275,12 @@ class HardKumaAttention(nn.Module):
             qa, ka = q, k
             qb, kb = heads(self.q_proj_b(query), T), heads(self.k_proj_b(key), S)
         valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, q.dtype, query.device)
-        want_stats = return_stats or stats_requested()
-        if self.training and self.normalize != "softmax":
-            weights, l0 = hardkuma_attention_gates(
-                qa, ka, qb, kb, scale, bias, valid, self.support, self.ab_clamp,
-                normalize_sum=self.normalize == "sum", want_l0=want_stats, compile=self.compile,
-            )  # (B, H, T, S)
-        else:
-            score_a = torch.matmul(qa, ka.transpose(-1, -2)) * scale  # (B, H, T, S)
-            if bias is not None:
-                score_a = score_a + bias
-            score_b = torch.matmul(qb, kb.transpose(-1, -2)) * scale
-            weights = hardkuma_weights_from_scores(
-                score_a, score_b, valid, training=self.training, normalize=self.normalize,
-                support=self.support, ab_clamp=self.ab_clamp, compile=self.compile,
-            )
-            l0 = expected_l0_sum(score_a, score_b, valid, self.support, self.ab_clamp) if want_stats else None
-
-        stats = None
-        if want_stats:
-            stats = gate_stats(l0, weights, valid, self.stats_key)
-            report_stats(stats)
-
-        attn = F.dropout(weights, self.dropout) if (self.training and self.dropout > 0) else weights
-        out = torch.matmul(attn, v)  # (B, H, T, dv)
+        out, weights, stats = scaled_dot_product_hardkuma(
+            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, training=self.training,
+            normalize=self.normalize, support=self.support, ab_clamp=self.ab_clamp,
+            dropout_p=self.dropout, need_weights=need_weights, want_stats=return_stats,
+            stats_key=self.stats_key, compile=self.compile,
+        )  # out (B, H, T, dv), weights (B, H, T, S) or None
         if bf:
             out = out.transpose(1, 2).reshape(B, T, self.embed_dim)
         else:

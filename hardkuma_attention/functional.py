@@ -10,7 +10,8 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .distributions import DEFAULT_SUPPORT, HardKumaraswamy, uniform_open
-from .fused import row_sum_or_one, ab_from_scores, hardkuma_gates
+from .fused import ab_from_scores, expected_l0_sum, hardkuma_attention_gates, hardkuma_gates, row_sum_or_one
+from .stats import AttentionStats, gate_stats, report_stats, stats_requested
 
 __all__ = [
     "masked_mean",
@@ -20,6 +21,8 @@ __all__ = [
     "hardkuma_attention_weights",
     "normalize_gates",
     "hardkuma_weights_from_scores",
+    "scaled_dot_product_hardkuma",
+    "causal_valid",
     "NORMALIZE_MODES",
 ]
 
@@ -176,3 +179,84 @@ def hardkuma_weights_from_scores(
     return hardkuma_attention_weights(
         a, b, mask, training, normalize, scores=score_a, support=support, generator=generator
     )
+
+
+def causal_valid(T: int, S: int, device=None) -> torch.Tensor:
+    """Bool ``(T, S)`` mask, True where key ``j <= i + (S - T)`` (causal, aligned bottom-right:
+    the ``T`` queries are the last ``T`` positions of the ``S`` keys, as with a KV cache; the
+    usual lower triangle when ``T == S``)."""
+    i = torch.arange(T, device=device).unsqueeze(-1)
+    j = torch.arange(S, device=device)
+    return j <= i + (S - T)
+
+
+def scaled_dot_product_hardkuma(
+    qa: torch.Tensor,
+    ka: torch.Tensor,
+    qb: torch.Tensor,
+    kb: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    valid: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    training: bool = False,
+    normalize: str = "none",
+    support: Tuple[float, float] = DEFAULT_SUPPORT,
+    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    want_stats: bool = False,
+    stats_key: Optional[str] = None,
+    compile: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[AttentionStats]]:
+    r"""HardKuma attention from per-head queries, keys and values: the one core path that
+    :class:`~hardkuma_attention.HardKumaAttention`, the fairseq plugins and the integrations call.
+
+    ``score_a = scale * qa @ ka^T + bias``, ``score_b = scale * qb @ kb^T``,
+    ``a = clamp(softplus(score_a), *ab_clamp)``, ``b`` likewise; one gate per cell,
+    ``z ~ HardKuma(a, b)`` in training, ``HardKuma(a, b).deterministic()`` otherwise; weights =
+    ``normalize`` (see :func:`hardkuma_attention_weights`) of the masked gates, dropout
+    ``dropout_p`` on the weights in training; ``out = weights @ v``.
+
+    Shapes: ``qa`` (..., T, da), ``ka`` (..., S, da), ``qb`` (..., T, db), ``kb`` (..., S, db),
+    ``v`` (..., S, dv); ``valid`` (bool, True = allowed) and ``bias`` (added to ``score_a``)
+    broadcastable to (..., T, S); ``is_causal`` also disallows key ``j > i + S - T``
+    (:func:`causal_valid`).  Disallowed cells are exactly 0, a fully disallowed row gives a zero
+    output with finite gradients.
+
+    Returns ``(out (..., T, dv), weights (..., T, S) or None, stats or None)``: ``weights`` only
+    with ``need_weights``; the :class:`AttentionStats` (differentiable expected-L0 sum, valid
+    cells, exactly non-zero cells) when ``want_stats`` or a :func:`collect_attention_stats`
+    context is active, and then also handed to the active collectors.
+    """
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if is_causal:
+        c = causal_valid(qa.shape[-2], ka.shape[-2], qa.device)
+        valid = c if valid is None else valid & c
+    want_stats = want_stats or stats_requested()
+    if training and normalize != "softmax":
+        weights, l0 = hardkuma_attention_gates(
+            qa, ka, qb, kb, scale, bias, valid, support, ab_clamp,
+            normalize_sum=normalize == "sum", want_l0=want_stats, compile=compile, generator=generator,
+        )
+    else:
+        score_a = torch.matmul(qa, ka.transpose(-1, -2)) * scale
+        if bias is not None:
+            score_a = score_a + bias
+        score_b = torch.matmul(qb, kb.transpose(-1, -2)) * scale
+        weights = hardkuma_weights_from_scores(
+            score_a, score_b, valid, training=training, normalize=normalize, support=support,
+            ab_clamp=ab_clamp, generator=generator, compile=compile,
+        )
+        l0 = expected_l0_sum(score_a, score_b, valid, support, ab_clamp) if want_stats else None
+    stats = None
+    if want_stats:
+        stats = gate_stats(l0, weights, valid, stats_key)
+        report_stats(stats)
+    attn = torch.nn.functional.dropout(weights, dropout_p) if (training and dropout_p > 0) else weights
+    out = torch.matmul(attn, v)
+    return out, (weights if need_weights else None), stats
