@@ -31,10 +31,28 @@ Two optional extensions (both off by default, so the paper's rule above is uncha
 With ``equality=True`` the same update drives ``measured`` towards the target from both sides:
 ``lambda`` may turn negative (clamped to ``[-lambda_max, lambda_max]``) and is updated additively
 (``lambda <- lambda + eta * m``) since a multiplicative update cannot change sign.
+
+Data-parallel training (``torch.distributed``): when a process group with more than one rank is in
+use (the default group once ``torch.distributed`` is initialised, or the ``process_group`` given to
+the constructor), the value the controller tracks is the *global* mean over all ranks.  Each rank
+contributes a numerator and a denominator, all-reduced (summed) in float32 before the update::
+
+    value = sum_r num_r / sum_r den_r        (num_r = observed_r * count_r, den_r = count_r)
+
+:meth:`update_from_sums` takes the sums directly (exact: e.g. ``sum P(z != 0)`` over the valid
+cells and the number of cells); ``forward(..., count=n)`` weights a rank's mean by ``n``
+(``count=None``: every rank counts once).  Every rank then runs the same update on the same value,
+so ``lambda`` and ``m`` stay bit-identical across ranks.  A rank with no data passes ``count=0``
+(or ``den = 0``): it contributes zeros but still joins the collective, so nothing hangs; when the
+global denominator is 0 the state is left unchanged.  Without a multi-rank group nothing is
+communicated and the update is exactly the single-process rule above.
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 __all__ = ["LagrangianConstraint"]
@@ -55,6 +73,9 @@ class LagrangianConstraint(nn.Module):
         lambda_init, lambda_min, lambda_max: initial value and bounds of the multiplier.
         equality: treat the constraint as ``measured == target`` (see the module docstring).
         damping: weight ``d >= 0`` of the proportional term (see the module docstring).
+        process_group: the ``torch.distributed`` group whose ranks share the constraint (None:
+            the default group when ``torch.distributed`` is initialised); see the module docstring.
+            Not saved in ``state_dict``.
     """
 
     def __init__(
@@ -67,6 +88,7 @@ class LagrangianConstraint(nn.Module):
         lambda_max: float = 5.0,
         equality: bool = False,
         damping: float = 0.0,
+        process_group: Optional[Any] = None,
     ):
         super().__init__()
         if damping < 0:
@@ -87,6 +109,7 @@ class LagrangianConstraint(nn.Module):
         self.lambda_max = float(lambda_max)
         self.equality = bool(equality)
         self.damping = float(damping)
+        self.process_group = process_group
         self.register_buffer("lagrange_multiplier", torch.tensor(float(lambda_init), dtype=torch.float32))
         self.register_buffer("moving_average", torch.tensor(0.0, dtype=torch.float32))
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
@@ -113,33 +136,32 @@ class LagrangianConstraint(nn.Module):
     def multiplier(self) -> float:
         return float(self.lagrange_multiplier)
 
-    def forward(self, measured: torch.Tensor, observed: torch.Tensor | float | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        measured: torch.Tensor,
+        observed: torch.Tensor | float | None = None,
+        *,
+        count: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
         """Return the penalty ``stopgrad(lambda + d * m) * c_hat`` for a scalar ``measured``.
 
         ``observed`` (default: ``measured``) is the value the moving average and the multiplier
-        track; the penalty's gradient is always that of ``measured``.  Computed in float32.
+        track; the penalty's gradient is always that of ``measured``.  ``count`` (optional): the
+        number of items ``observed`` is the mean of; under ``torch.distributed`` the ranks are
+        weighted by it, and ``count = 0`` marks a rank without data (see the module docstring).
+        Computed in float32.
         """
         if measured.dim() != 0:
             raise ValueError(f"measured must be a scalar tensor, got shape {tuple(measured.shape)}")
         c = measured.float() - self.target
         if observed is None:
-            c_obs = c.detach()
+            value = measured.detach().float()
         else:
-            c_obs = torch.as_tensor(observed, dtype=torch.float32, device=c.device).detach() - self.target
-            if c_obs.dim() != 0:
-                raise ValueError(f"observed must be a scalar, got shape {tuple(c_obs.shape)}")
+            value = torch.as_tensor(observed, dtype=torch.float32, device=c.device).detach()
+            if value.dim() != 0:
+                raise ValueError(f"observed must be a scalar, got shape {tuple(value.shape)}")
         if self.training:
-            with torch.no_grad():
-                m = self.alpha * self.moving_average + (1 - self.alpha) * c_obs
-                self.moving_average.copy_(m)
-                if self.equality:
-                    lam = (self.lagrange_multiplier + self.lr * m).clamp(-self.lambda_max, self.lambda_max)
-                else:
-                    lam = (self.lagrange_multiplier * torch.exp(self.lr * m)).clamp(
-                        self.lambda_min, self.lambda_max
-                    )
-                self.lagrange_multiplier.copy_(lam)
-                self.num_updates.add_(1)
+            self._track(value, count)
         c_hat = c + (self.moving_average - c).detach()
         coef = self.lagrange_multiplier
         if self.damping:
@@ -147,3 +169,59 @@ class LagrangianConstraint(nn.Module):
             if not self.equality:
                 coef = coef.clamp_min(0.0)
         return coef.detach() * c_hat
+
+    def is_distributed(self) -> bool:
+        """True when updates are all-reduced: ``torch.distributed`` is initialised and the group
+        (``process_group`` or the default one) has more than one rank."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        return dist.get_world_size(self.process_group) > 1
+
+    def _track(self, value: torch.Tensor, count: torch.Tensor | float | None) -> None:
+        """Update the state from this rank's ``value`` (a mean over ``count`` items)."""
+        if not self.is_distributed():
+            # One process: the value itself (bit-identical to the rule without ``count``).
+            apply = None if count is None else torch.as_tensor(count, device=value.device).detach() > 0
+            self._update(value - self.target, apply)
+            return
+        n = torch.as_tensor(1.0 if count is None else count, dtype=torch.float32, device=value.device).detach()
+        has = n > 0
+        self.update_from_sums(torch.where(has, value * n, torch.zeros_like(value)), torch.where(has, n, 0.0))
+
+    def update_from_sums(self, num: torch.Tensor | float, den: torch.Tensor | float) -> torch.Tensor:
+        r"""Update ``m`` and ``lambda`` from ``value = sum_r num_r / sum_r den_r`` and return ``value``.
+
+        ``num`` and ``den`` (scalars) are this rank's numerator and denominator, e.g. the sum of
+        ``P(z != 0)`` over its valid cells and their number; they are summed over the ranks with
+        one ``all_reduce`` of a float32 pair (every rank must call this method the same number of
+        times; a rank without data passes zeros).  With one process ``value = num / den``.  When
+        the global ``den`` is 0 the state is unchanged and 0 is returned.  Updates whatever the
+        module's mode (unlike :meth:`forward`, which updates in training mode only).
+        """
+        device = self.moving_average.device
+        sums = torch.stack(
+            [torch.as_tensor(x, dtype=torch.float32, device=device).detach().reshape(()) for x in (num, den)]
+        )
+        if self.is_distributed():
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.process_group)
+        has = sums[1] > 0
+        value = torch.where(has, sums[0] / torch.where(has, sums[1], 1.0), 0.0)
+        self._update(value - self.target, has)
+        return value
+
+    @torch.no_grad()
+    def _update(self, c_obs: torch.Tensor, apply: Optional[torch.Tensor] = None) -> None:
+        """One step of the moving average and the multiplier; only where ``apply`` (if given)."""
+        m = self.alpha * self.moving_average + (1 - self.alpha) * c_obs
+        if self.equality:
+            lam = (self.lagrange_multiplier + self.lr * m).clamp(-self.lambda_max, self.lambda_max)
+        else:
+            lam = (self.lagrange_multiplier * torch.exp(self.lr * m)).clamp(self.lambda_min, self.lambda_max)
+        if apply is None:
+            self.num_updates.add_(1)
+        else:
+            m = torch.where(apply, m, self.moving_average)
+            lam = torch.where(apply, lam, self.lagrange_multiplier)
+            self.num_updates.add_(apply.long())
+        self.moving_average.copy_(m)
+        self.lagrange_multiplier.copy_(lam)
