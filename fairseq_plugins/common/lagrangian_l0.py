@@ -31,20 +31,38 @@ Logged metrics (train and valid, weighted over the log interval):
     modules label their stats with more than one key.
 
 Checkpointing: fairseq saves a criterion's ``state_dict`` only when it has parameters
-(``fairseq.utils.has_parameters``), so the criterion carries one frozen 0-d parameter
-(``l0_state_anchor``, ``requires_grad=False``, never given to the optimizer).  The multiplier, its
-moving average and its update count are float32 buffers of the inner ``LagrangianConstraint``:
-they are saved in ``checkpoint_*.pt`` under ``criterion``, restored on resume, and stay float32
-under ``--fp16`` (fairseq calls ``criterion.half()``).  ``fairseq-validate`` builds a fresh
-criterion, so the ``lambda`` it logs is the initial one (the other metrics do not depend on it).
-Multi-GPU with ``--ddp-backend pytorch_ddp`` is untested: DDP refuses a module without trainable
-parameters; use ``--ddp-backend legacy_ddp`` there.
+(``fairseq.utils.has_parameters``), so the criterion carries one *empty* parameter
+(``l0_state_anchor``, shape ``(0,)``).  It requires a gradient (under ``--ddp-backend pytorch_ddp``
+fairseq wraps a criterion that has parameters in ``DistributedDataParallel``, which refuses a module
+without a trainable parameter) and enters the training loss as ``anchor.sum()``, an exact 0: with
+no elements no optimizer can change it (it is the last, empty, entry of the optimizer's parameter
+list; optimizer states of checkpoints written before it was added need ``--reset-optimizer``).
+The multiplier, its moving average and its update count are float32 buffers of the inner
+``LagrangianConstraint``: they are saved in ``checkpoint_*.pt`` under ``criterion``, restored on
+resume, and stay float32 under ``--fp16`` (fairseq calls ``criterion.half()``).  ``fairseq-validate``
+builds a fresh criterion, so the ``lambda`` it logs is the initial one (the other metrics do not
+depend on it).
+
+Data-parallel training (``torchrun ... -m fairseq_plugins.launch``, see :mod:`fairseq_plugins.launch`):
+the multiplier update uses the global expected L0: every rank hands its ``(sum P(z != 0), cells)``
+to the constraint, which all-reduces them (:class:`hardkuma_attention.LagrangianConstraint`), so
+``lambda`` is bit-identical on all ranks after every micro-batch (also with ``--update-freq``: one
+all-reduce per micro-batch, and fairseq gives every rank the same number).  A rank without
+constrained cells joins with zeros.  fairseq sums the logging outputs of all ranks, so the logged
+``l0``/``nz`` are global and ``lambda`` is the (common) value.  Rank 0 writes the checkpoints and
+fairseq broadcasts the loaded state, so a resume gives every rank the same ``lambda``.  Known
+approximation: a dummy batch (fairseq pads a rank that runs out of batches at the end of an epoch
+with a copy of a real batch whose loss it multiplies by 0) enters the multiplier update like a real
+batch; at most one per rank and epoch.  The criterion refuses to start when ``WORLD_SIZE`` in the
+environment (torchrun) differs from the world size fairseq trains with (:func:`check_world_size`).
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from fairseq.criterions import FairseqCriterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
@@ -52,7 +70,7 @@ from torch import nn
 
 from hardkuma_attention import AttentionStats, LagrangianConstraint, collect_attention_stats
 
-__all__ = ["LagrangianL0Config", "LagrangianL0", "LagrangianL0Criterion", "L0_LOG_KEYS"]
+__all__ = ["LagrangianL0Config", "LagrangianL0", "LagrangianL0Criterion", "L0_LOG_KEYS", "check_world_size"]
 
 # Keys of the logging_output dict written by LagrangianL0 (summable across batches and workers).
 L0_LOG_KEYS = ("l0_sum", "l0_cells", "l0_nonzero", "l0_lambda", "l0_lambda_n", "l0_penalty")
@@ -171,20 +189,30 @@ class LagrangianL0(nn.Module):
         """
         log: Dict[str, Any] = {}
         everything = stats.total()
-        if everything is None:
-            return None, log
-        log.update(self._stat_entries(everything, ""))
-        for key in stats.keys():
-            log.update(self._stat_entries(stats.total(key), ":" + key))
+        if everything is not None:
+            log.update(self._stat_entries(everything, ""))
+            for key in stats.keys():
+                log.update(self._stat_entries(stats.total(key), ":" + key))
         penalty = None
         if self.constraint is not None:
             constrained = self.constrained_total(stats)
-            if constrained is not None and self.training:
-                penalty = self.constraint(constrained.expected_l0) * float(sample_size)
+            if self.training:
+                penalty = self._constraint_penalty(constrained, sample_size)
+            if penalty is not None:
                 log["l0_penalty"] = penalty.detach().float()
-            log["l0_lambda"] = self.constraint.lagrange_multiplier.detach().clone()
-            log["l0_lambda_n"] = 1
+            if everything is not None:
+                log["l0_lambda"] = self.constraint.lagrange_multiplier.detach().clone()
+                log["l0_lambda_n"] = 1
         return penalty, log
+
+    def _constraint_penalty(self, constrained: Optional[AttentionStats], sample_size: float):
+        """Training step of the constraint: penalty (None without constrained cells).  Under
+        ``torch.distributed`` the update all-reduces ``(l0_sum, cells)``; a rank without
+        constrained stats still joins the collective with zeros."""
+        if constrained is None:
+            self.constraint.update_from_sums(0.0, 0.0)
+            return None
+        return self.constraint(constrained.expected_l0, count=constrained.cells) * float(sample_size)
 
     @staticmethod
     def _stat_entries(total: AttentionStats, suffix: str) -> Dict[str, torch.Tensor]:
@@ -222,6 +250,25 @@ class LagrangianL0(nn.Module):
             metrics.log_scalar("l0_penalty", total("l0_penalty") / max(total("sample_size"), 1.0), round=4)
 
 
+def check_world_size(environ=None) -> None:
+    """Refuse a launch that would train ``WORLD_SIZE`` independent models.
+
+    Under torchrun (``WORLD_SIZE`` set) fairseq-train without the right ``--distributed-*`` flags
+    initialises no process group (or a smaller one) and each process trains alone, silently.
+    Raises RuntimeError when ``WORLD_SIZE`` differs from the ``torch.distributed`` world size."""
+    env = os.environ if environ is None else environ
+    wanted = env.get("WORLD_SIZE")
+    if wanted is None or not wanted.isdigit():
+        return
+    have = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if int(wanted) != have:
+        raise RuntimeError(
+            f"WORLD_SIZE={wanted} in the environment (torchrun?) but fairseq trains with world size {have}: "
+            f"that would be {wanted} independent trainings. Launch with "
+            "`torchrun --nproc_per_node N -m fairseq_plugins.launch <fairseq-train args>`."
+        )
+
+
 def _item(x) -> float:
     return float(x.item()) if torch.is_tensor(x) else float(x)
 
@@ -236,9 +283,17 @@ class LagrangianL0Criterion(FairseqCriterion):
 
     def __init__(self, task, l0_cfg: Any):
         super().__init__(task)
+        check_world_size()
         self.l0 = LagrangianL0.from_cfg(l0_cfg)
-        # fairseq checkpoints a criterion's state only if it has a parameter: see the module doc.
-        self.l0_state_anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
+        # fairseq checkpoints a criterion's state only if it has a parameter, and pytorch_ddp
+        # wraps it only if one requires a gradient: an empty one (see the module doc).
+        self.l0_state_anchor = nn.Parameter(torch.zeros(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "l0_state_anchor"
+        if key in state_dict and state_dict[key].numel() != 0:  # 0-d anchor of older checkpoints
+            state_dict[key] = self.l0_state_anchor.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def forward_collecting_stats(model, net_input: Dict[str, Any]):
@@ -259,6 +314,8 @@ class LagrangianL0Criterion(FairseqCriterion):
         valid losses comparable (the penalty is logged as ``l0_penalty``)."""
         penalty, log = self.l0(stats, sample_size)
         logging_output.update(log)
+        if self.training:  # exact 0; gives DDP a gradient for the anchor (see the module doc)
+            loss = loss + self.l0_state_anchor.sum().to(loss.dtype)
         if penalty is None:
             return loss
         return loss + penalty.to(loss.dtype)

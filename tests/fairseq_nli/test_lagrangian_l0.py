@@ -92,11 +92,13 @@ def test_criterion_state_is_checkpointed_and_fp16_safe():
     from fairseq import utils
 
     assert utils.has_parameters(crit)  # else fairseq would not save the criterion state
-    assert not any(p.requires_grad for p in crit.parameters())  # nothing for the optimizer
+    assert all(p.numel() == 0 for p in crit.parameters())  # nothing an optimizer could change
     crit.train()
     stats, _ = _collect(60.0, 100.0, 55.0)
     loss = crit.add_l0_penalty(torch.tensor(1.0), stats, 4, {})
     assert loss.item() > 1.0
+    loss.backward()  # the anchor takes part (DDP needs its gradient) and gets an empty one
+    assert crit.l0_state_anchor.grad is not None and crit.l0_state_anchor.grad.numel() == 0
     sd = crit.state_dict()
     assert "l0.constraint.lagrange_multiplier" in sd
     fresh = LagrangianL0Criterion(task=None, l0_cfg=_Cfg).half()
@@ -114,3 +116,32 @@ def test_equality_constraint_pushes_a_low_l0_up():
     assert l0.multiplier < 0  # lambda turned negative ...
     penalty.backward()
     assert x.grad.item() < 0  # ... so the loss gradient raises the expected L0
+
+
+def test_checkpoint_with_the_old_0d_anchor_loads():
+    crit = LagrangianL0Criterion(task=None, l0_cfg=_Cfg)
+    sd = crit.state_dict()
+    sd["l0_state_anchor"] = torch.zeros(())  # written before the anchor became empty
+    fresh = LagrangianL0Criterion(task=None, l0_cfg=_Cfg)
+    fresh.load_state_dict(sd, strict=True)
+    assert fresh.l0_state_anchor.shape == (0,)
+
+
+def test_no_constrained_stats_in_training_still_joins_the_update_and_changes_nothing():
+    cfg = type("C", (_Cfg,), {"l0_keys": "cross"})
+    l0 = LagrangianL0.from_cfg(cfg)
+    before = {k: v.clone() for k, v in l0.state_dict().items()}
+    stats, _ = _collect(60.0, 100.0, 55.0, key="self")
+    penalty, log = l0(stats, 1)
+    assert penalty is None and "l0_penalty" not in log and log["l0_cells"].item() == 100.0
+    for k, v in l0.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_world_size_mismatch_is_refused():
+    from fairseq_plugins.common.lagrangian_l0 import check_world_size
+
+    check_world_size({})  # not under torchrun
+    check_world_size({"WORLD_SIZE": "1"})
+    with pytest.raises(RuntimeError, match="2 independent trainings.*fairseq_plugins.launch"):
+        check_world_size({"WORLD_SIZE": "2"})  # torchrun, but no process group: N copies
