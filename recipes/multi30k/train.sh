@@ -18,6 +18,9 @@
 #      NORMALIZE=softmax (gate x softmax(score_a), renormalised over the open cells) scored +5.3 BLEU
 #      over NORMALIZE=sum at the same budget and sparsity (26.64 vs 21.33; softmax model 30.93:
 #      README.md, issue #5), hence the default.
+# NPROC (1): N > 1 trains data-parallel with N processes on this machine (torchrun --standalone
+#      --nproc_per_node N -m fairseq_plugins.launch; gloo on CPU); MAX_TOKENS is per process, so one
+#      update sees about N x MAX_TOKENS tokens; keep N x THREADS <= the cores.
 # Always passes --required-batch-size-multiple 1 (else this fairseq silently drops the last
 # partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins sets
 # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
@@ -38,8 +41,16 @@ case "$ATTENTION" in
 esac
 [[ -f "$DATA_BIN/dict.de.txt" ]] || { echo "train.sh: no binarised data in $DATA_BIN (run prepare.sh)" >&2; exit 2; }
 
+NPROC="${NPROC:-1}"
+[[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || { echo "train.sh: NPROC=$NPROC: expected a positive integer" >&2; exit 2; }
+TRAIN=(fairseq-train)
+if [[ "$NPROC" -gt 1 ]]; then
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" -m fairseq_plugins.launch)
+fi
+
 mkdir -p "$SAVE_DIR"
-fairseq-train "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" \
+"${TRAIN[@]}" "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" \
   --task translation --source-lang de --target-lang en \
   --arch "${ARCH:-transformer_hardkuma_small}" --share-all-embeddings \
   "${ATTN_ARGS[@]}" --hardkuma-normalize "${NORMALIZE:-softmax}" \

@@ -9,6 +9,9 @@
 #   from scratch, EMBED_DIM then defaults to 300; any GloVe text file works, its size is read from it),
 #   HardKuma only: L0_TARGET (0.1), L0_LR (0.05: multiplier step; the paper's 0.01 is too slow
 #   for runs of a few thousand updates), L0_LAMBDA_INIT (1e-4), NORMALIZE (none | sum | softmax).
+# NPROC (1): N > 1 trains data-parallel with N processes on this machine
+#   (torchrun --standalone --nproc_per_node N -m fairseq_plugins.launch; gloo on CPU); BATCH_SIZE is
+#   per process, so one update sees N x BATCH_SIZE pairs; keep N x THREADS <= the cores.
 # The log goes to $SAVE_DIR/train.log; the best checkpoint (dev accuracy) to $SAVE_DIR/checkpoint_best.pt.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -21,6 +24,8 @@ case "$attention" in
                --l0-lambda-init "${L0_LAMBDA_INIT:-1e-4}" --attention-normalize "${NORMALIZE:-none}") ;;
     *) snli_die "usage: $0 softmax|hardkuma [fairseq-train args]" ;;
 esac
+nproc="${NPROC:-1}"
+[[ "$nproc" =~ ^[1-9][0-9]*$ ]] || snli_die "NPROC=$nproc: expected a positive integer"
 [ -f "$SNLI_BIN/dict.input0.txt" ] || snli_die "$SNLI_BIN/dict.input0.txt missing: run recipes/snli/preprocess.sh first"
 save="${SAVE_DIR:-$SNLI_WORK/$attention}"
 glove="${GLOVE:-}"
@@ -35,7 +40,9 @@ else
 fi
 mkdir -p "$save"
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
-fairseq-train "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" \
+train=(fairseq-train)
+if [ "$nproc" -gt 1 ]; then train=(torchrun --standalone --nproc_per_node "$nproc" -m fairseq_plugins.launch); fi
+"${train[@]}" "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" \
     --task nli --arch "$arch" --criterion nli_cross_entropy "${extra[@]}" "${emb[@]}" \
     --dropout "${DROPOUT:-0.2}" \
     --optimizer adam --lr "${LR:-0.001}" --batch-size "${BATCH_SIZE:-32}" --required-batch-size-multiple 1 \
