@@ -32,11 +32,13 @@ Logged metrics (train and valid, weighted over the log interval):
 
 Checkpointing: fairseq saves a criterion's ``state_dict`` only when it has parameters
 (``fairseq.utils.has_parameters``), so the criterion carries one *empty* parameter
-(``l0_state_anchor``, shape ``(0,)``).  It requires a gradient (under ``--ddp-backend pytorch_ddp``
-fairseq wraps a criterion that has parameters in ``DistributedDataParallel``, which refuses a module
-without a trainable parameter) and enters the training loss as ``anchor.sum()``, an exact 0: with
-no elements no optimizer can change it (it is the last, empty, entry of the optimizer's parameter
-list; optimizer states of checkpoints written before it was added need ``--reset-optimizer``).
+(``l0_state_anchor``, shape ``(0,)``; no optimizer can change it).  In one process it is frozen, as
+it always was, so the optimizer's parameter list and old checkpoints are unchanged.  Under
+``torch.distributed`` with more than one rank it requires a gradient and enters the training loss
+as ``anchor.sum()`` (an exact 0): with ``--ddp-backend pytorch_ddp`` fairseq wraps a criterion that
+has parameters in ``DistributedDataParallel``, which refuses a module without a trainable
+parameter and expects a gradient for each one.  The optimizer then holds one more (empty)
+parameter, so a resume that changes between one and several processes needs ``--reset-optimizer``.
 The multiplier, its moving average and its update count are float32 buffers of the inner
 ``LagrangianConstraint``: they are saved in ``checkpoint_*.pt`` under ``criterion``, restored on
 resume, and stay float32 under ``--fp16`` (fairseq calls ``criterion.half()``).  ``fairseq-validate``
@@ -287,7 +289,8 @@ class LagrangianL0Criterion(FairseqCriterion):
         self.l0 = LagrangianL0.from_cfg(l0_cfg)
         # fairseq checkpoints a criterion's state only if it has a parameter, and pytorch_ddp
         # wraps it only if one requires a gradient: an empty one (see the module doc).
-        self.l0_state_anchor = nn.Parameter(torch.zeros(0))
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.l0_state_anchor = nn.Parameter(torch.zeros(0), requires_grad=distributed)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "l0_state_anchor"
@@ -314,7 +317,7 @@ class LagrangianL0Criterion(FairseqCriterion):
         valid losses comparable (the penalty is logged as ``l0_penalty``)."""
         penalty, log = self.l0(stats, sample_size)
         logging_output.update(log)
-        if self.training:  # exact 0; gives DDP a gradient for the anchor (see the module doc)
+        if self.training and self.l0_state_anchor.requires_grad:  # exact 0, for DDP (module doc)
             loss = loss + self.l0_state_anchor.sum().to(loss.dtype)
         if penalty is None:
             return loss

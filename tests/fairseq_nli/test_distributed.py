@@ -31,7 +31,8 @@ _save = checkpoint_utils.save_checkpoint
 def save_and_dump(cfg, trainer, epoch_itr, val_loss):
     out = _save(cfg, trainer, epoch_itr, val_loss)
     state = {"criterion": trainer.get_criterion().state_dict(), "model": trainer.get_model().state_dict(),
-             "num_updates": trainer.get_num_updates(), "world_size": trainer.data_parallel_world_size}
+             "num_updates": trainer.get_num_updates(), "world_size": trainer.data_parallel_world_size,
+             "anchor_trainable": trainer.get_criterion().l0_state_anchor.requires_grad}
     torch.save(state, os.path.join(os.environ["DUMP_DIR"], "rank%s.pt" % os.environ["RANK"]))
     return out
 checkpoint_utils.save_checkpoint = save_and_dump
@@ -131,6 +132,7 @@ def _dumps(tmp: Path):
 
 def _assert_ranks_identical(r0, r1):
     assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["anchor_trainable"] and r1["anchor_trainable"]  # what lets pytorch_ddp wrap the criterion
     for part in ("criterion", "model"):
         assert r0[part].keys() == r1[part].keys()
         for k in r0[part]:

@@ -93,12 +93,11 @@ def test_criterion_state_is_checkpointed_and_fp16_safe():
 
     assert utils.has_parameters(crit)  # else fairseq would not save the criterion state
     assert all(p.numel() == 0 for p in crit.parameters())  # nothing an optimizer could change
+    assert not any(p.requires_grad for p in crit.parameters())  # one process: not even listed
     crit.train()
     stats, _ = _collect(60.0, 100.0, 55.0)
     loss = crit.add_l0_penalty(torch.tensor(1.0), stats, 4, {})
     assert loss.item() > 1.0
-    loss.backward()  # the anchor takes part (DDP needs its gradient) and gets an empty one
-    assert crit.l0_state_anchor.grad is not None and crit.l0_state_anchor.grad.numel() == 0
     sd = crit.state_dict()
     assert "l0.constraint.lagrange_multiplier" in sd
     fresh = LagrangianL0Criterion(task=None, l0_cfg=_Cfg).half()
