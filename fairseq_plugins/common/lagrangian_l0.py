@@ -33,7 +33,8 @@ Logged metrics (train and valid, weighted over the log interval):
 Checkpointing: fairseq saves a criterion's ``state_dict`` only when it has parameters
 (``fairseq.utils.has_parameters``), so the criterion carries one *empty* parameter
 (``l0_state_anchor``, shape ``(0,)``; no optimizer can change it).  In one process it is frozen, as
-it always was, so the optimizer's parameter list and old checkpoints are unchanged.  Under
+the older 0-d anchor was, so the optimizer's parameter list is unchanged and older checkpoints
+(their 0-d anchor is ignored on load) resume with their optimizer state.  Under
 ``torch.distributed`` with more than one rank it requires a gradient and enters the training loss
 as ``anchor.sum()`` (an exact 0): with ``--ddp-backend pytorch_ddp`` fairseq wraps a criterion that
 has parameters in ``DistributedDataParallel``, which refuses a module without a trainable
@@ -46,8 +47,8 @@ builds a fresh criterion, so the ``lambda`` it logs is the initial one (the othe
 depend on it).
 
 Data-parallel training (``torchrun ... -m fairseq_plugins.launch``, see :mod:`fairseq_plugins.launch`):
-the multiplier update uses the global expected L0: every rank hands its ``(sum P(z != 0), cells)``
-to the constraint, which all-reduces them (:class:`hardkuma_attention.LagrangianConstraint`), so
+the multiplier update uses the global expected L0: every rank hands its expected L0 and its cell
+count to the constraint (``constraint(l0, count=cells)``), which all-reduces ``(l0 * cells, cells)`` (:class:`hardkuma_attention.LagrangianConstraint`), so
 ``lambda`` is bit-identical on all ranks after every micro-batch (also with ``--update-freq``: one
 all-reduce per micro-batch, and fairseq gives every rank the same number).  A rank without
 constrained cells joins with zeros.  fairseq sums the logging outputs of all ranks, so the logged
