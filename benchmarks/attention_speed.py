@@ -262,7 +262,7 @@ def sweep_variants(args, T, B):
     keep = []
     for name in args.variants:
         if name in MAP_VARIANTS and map_mib > args.map_budget_mib:
-            skipped[name] = f"one (B, H, T, T) fp32 map is {map_mib:.0f} MiB > --map-budget-mib {args.map_budget_mib}"
+            skipped[name] = f"one (B, H, T, T) fp32 map is {map_mib:.0f} MiB > --map-budget-mib {args.map_budget_mib:g}"
         elif name in ("entmax15", "sparsemax") and not _importable("entmax"):
             skipped[name] = "entmax not installed (pip install -e '.[bench]')"
         elif name == "fairseq-hardkuma" and not _importable("fairseq"):

@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["MASKED_SCORE", "KEY_PADDING_STYLES", "merge_masks", "split_mask"]
+__all__ = ["MASKED_SCORE", "KEY_PADDING_STYLES", "merge_masks", "split_mask", "is_causal_mask"]
 
 MASKED_SCORE = -1e4  # additive mask values at or below this disallow a cell
 KEY_PADDING_STYLES = ("additive", "nonzero")
@@ -123,3 +123,20 @@ def merge_masks(
         kp_valid, kp_bias = _key_padding(key_padding_mask, batch, src_len, key_padding, dtype)
         valid, bias = _and(valid, kp_valid), _add(bias, kp_bias)
     return valid, bias
+
+
+def is_causal_mask(attn_mask: Optional[torch.Tensor]) -> bool:
+    """True when ``attn_mask`` is a 2-D ``(T, S)`` mask that disallows exactly the keys
+    ``j > i + S - T`` (the causal mask, aligned bottom-right as ``is_causal`` of
+    :func:`~hardkuma_attention.functional.scaled_dot_product_hardkuma`; the usual upper triangle
+    when ``T == S``) and shifts nothing, i.e. when ``valid=None, bias=None, is_causal=True`` is the
+    same attention (and lets a tiled kernel skip the tiles above the diagonal).  One pass over the
+    mask and a host synchronisation."""
+    if attn_mask is None or attn_mask.dim() != 2:
+        return False
+    if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+        return False
+    from .functional import causal_valid  # here: functional may come to import this module
+
+    valid, bias = split_mask(attn_mask, "attn_mask")
+    return bias is None and torch.equal(valid, causal_valid(*attn_mask.shape, device=attn_mask.device))

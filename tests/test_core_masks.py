@@ -137,3 +137,22 @@ def test_bad_masks_are_named():
         merge_masks(torch.zeros(T, S, dtype=torch.long), None, batch=B, heads=H, tgt_len=T, src_len=S)
     with pytest.raises(ValueError, match="key_padding must be one of"):
         merge_masks(None, None, batch=B, heads=H, tgt_len=T, src_len=S, key_padding="pytorch")
+
+
+def test_is_causal_mask_recognises_exactly_the_causal_pattern():
+    from hardkuma_attention.masks import is_causal_mask
+
+    upper = torch.ones(T, T, dtype=torch.bool).triu(1)
+    assert is_causal_mask(upper)
+    assert is_causal_mask(torch.zeros(T, T).masked_fill(upper, float("-inf")))
+    assert is_causal_mask(torch.zeros(T, T).masked_fill(upper, -1e8))
+    assert is_causal_mask(torch.ones(T, S, dtype=torch.bool).triu(1 + S - T))  # bottom-right, T < S
+    assert not is_causal_mask(torch.ones(T, S, dtype=torch.bool).triu(1))  # top-left, T < S
+    shifted = torch.zeros(T, T).masked_fill(upper, float("-inf"))
+    shifted[1, 0] = 0.5
+    assert not is_causal_mask(shifted)  # a bias
+    more = upper.clone()
+    more[2, 0] = True
+    assert not is_causal_mask(more)
+    assert not is_causal_mask(upper.unsqueeze(0)) and not is_causal_mask(None)
+    assert not is_causal_mask(torch.zeros(T, T, dtype=torch.long))

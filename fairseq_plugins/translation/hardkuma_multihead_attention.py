@@ -46,7 +46,7 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 
 from hardkuma_attention.distributions import DEFAULT_SUPPORT
 from hardkuma_attention.functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
-from hardkuma_attention.masks import merge_masks as merge_core_masks
+from hardkuma_attention.masks import is_causal_mask, merge_masks as merge_core_masks
 
 __all__ = ["HardKumaMultiheadAttention", "merge_masks"]
 
@@ -210,7 +210,9 @@ class HardKumaMultiheadAttention(MultiheadAttention):
                     key_padding_mask = key_padding_mask.view(-1, self.beam_size, key_padding_mask.size(1))[:, 0, :]
             k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         if saved_state is not None:
-            k, v, key_padding_mask = self._update_cache(incremental_state, saved_state, k, v, key_padding_mask, static_kv)
+            k, v, key_padding_mask = self._update_cache(
+                incremental_state, saved_state, k, v, key_padding_mask, static_kv
+            )
         if k is None or v is None:
             raise ValueError("no keys: pass key/value or a filled incremental_state")
         return q, k, v, key_padding_mask
@@ -250,11 +252,14 @@ class HardKumaMultiheadAttention(MultiheadAttention):
         group = bsz // kv_bsz
         half = self.head_dim // 2
         q = fold_group(q, group)
+        causal = group == 1 and is_causal_mask(attn_mask)  # fairseq's future mask: let the core skip tiles
+        if causal:
+            attn_mask = None
         valid, bias = merge_masks(key_padding_mask, attn_mask, kv_bsz, group, H, tgt_len, src_len, q.dtype)
         out, weights, _ = scaled_dot_product_hardkuma(
             q[..., :half], k[..., :half], q[..., half:], k[..., half:], v, scale=1.0 / math.sqrt(half),
-            valid=valid, bias=bias, training=self.training, normalize=self.normalize, support=self.support,
-            ab_clamp=self.ab_clamp, dropout_p=self.dropout_module.p if self.training else 0.0,
+            valid=valid, bias=bias, is_causal=causal, training=self.training, normalize=self.normalize,
+            support=self.support, ab_clamp=self.ab_clamp, dropout_p=self.dropout_module.p if self.training else 0.0,
             need_weights=need_weights, stats_key=self.stats_key,
         )  # stats go to any active collect_attention_stats() context
         return unfold_group(out, group), (None if weights is None else unfold_group(weights, group))

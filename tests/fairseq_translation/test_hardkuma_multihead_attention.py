@@ -300,7 +300,8 @@ def test_incremental_decoding_matches_full_with_padding(normalize):
     assert torch.allclose(full, ref, atol=1e-10)
     state, outs = {}, []
     for t in range(T):
-        o, _ = m(x[t : t + 1], x[t : t + 1], x[t : t + 1], key_padding_mask=kpm[:, t : t + 1], incremental_state=state)  # fairseq: this step only
+        step = x[t : t + 1]  # fairseq passes the key padding of this step only
+        o, _ = m(step, step, step, key_padding_mask=kpm[:, t : t + 1], incremental_state=state)
         outs.append(o)
     assert torch.allclose(torch.cat(outs)[:, 0], full[:, 0], atol=1e-10)
     assert torch.allclose(torch.cat(outs)[1:, 1], full[1:, 1], atol=1e-10)  # row 0 of batch 1 sees only padding
@@ -337,3 +338,21 @@ def test_dropout_on_weights_in_training_only():
     out, w = m(x, x, x, need_head_weights=True)
     assert torch.equal(w, w_drop)  # the same sampled gates are returned (before dropout) ...
     assert not torch.allclose(out, out_drop)  # ... and dropout changed the output
+
+
+def test_future_mask_reaches_the_core_as_is_causal(monkeypatch, self_attn):
+    import fairseq_plugins.translation.hardkuma_multihead_attention as mod
+
+    calls = []
+    core = mod.scaled_dot_product_hardkuma
+    spy = lambda *a, **kw: calls.append(kw) or core(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(mod, "scaled_dot_product_hardkuma", spy)
+    x = torch.randn(5, 2, E)
+    self_attn.eval()
+    out, w = self_attn(x, x, x, attn_mask=causal(5), need_head_weights=True)
+    other = causal(5)
+    other[4, 0] = float("-inf")  # not causal: stays a mask
+    self_attn(x, x, x, attn_mask=other)
+    assert calls[0]["is_causal"] and calls[0]["valid"] is None
+    assert not calls[1]["is_causal"] and calls[1]["valid"] is not None
+    assert (w.masked_select(torch.ones(5, 5, dtype=torch.bool).triu(1)) == 0).all()
