@@ -19,8 +19,9 @@ process.  "saved" is the activation memory kept for the backward pass: the bytes
 tensors autograd saves during a training forward (``torch.autograd.graph.saved_tensors_hooks``),
 parameters and the input not counted.
 
-In the sweep, each length's timings run in a fresh subprocess (all variants, interleaved), and each
-(length, variant) runs once more alone in a fresh subprocess for the memory figures: saved bytes and
+In the sweep, each (length, variant) first runs alone in a fresh subprocess for the memory figures
+(a variant whose run fails, e.g. killed for memory, is reported and left out of the timings), then
+each length's timings run in one fresh subprocess (all variants, interleaved).  Memory: saved bytes and
 the process's peak resident set (``getrusage(RUSAGE_SELF).ru_maxrss``) over one training step and one
 inference step.  "RSS" is that peak minus the peak before the measured steps (after the imports, the
 input and a warm-up step at a small size, which also absorbs a one-off kernel compilation), i.e. the
@@ -279,19 +280,24 @@ def _importable(module):
 
 
 def sweep_length(args, T):
-    """Timing and memory figures of every variant at length ``T`` (subprocesses)."""
+    """Timing and memory figures of every variant at length ``T`` (subprocesses).  The memory runs
+    come first, one variant each: a variant whose run fails (e.g. killed for memory) is left out of
+    the timing run, with the reason, so that it cannot take the other variants' timings with it."""
     B = args.tokens // T
     names, skipped = sweep_variants(args, T, B)
-    job = {"T": T, "B": B, "E": args.embed_dim, "H": args.heads, "rounds": args.rounds, "variants": names}
-    timing = run_worker(dict(job, kind="time"), args.threads)
+    job = {"T": T, "B": B, "E": args.embed_dim, "H": args.heads, "rounds": args.rounds}
     rows = {}
     for name in names:
         memory = run_worker(dict(job, kind="memory", variants=[name]), args.threads)
-        row = dict(timing.get(name, {}), **memory.get(name, {}))
-        for part in (timing, memory):
-            if "error" in part:
-                row.setdefault("errors", []).append(part["error"])
-        rows[name] = row
+        if "error" in memory:
+            skipped[name] = f"memory run failed: {memory['error']}"
+        else:
+            rows[name] = memory[name]
+    timing = run_worker(dict(job, kind="time", variants=list(rows)), args.threads)
+    for name, row in rows.items():
+        row.update(timing.get(name, {}))
+        if "error" in timing:
+            row["errors"] = [f"timing run failed: {timing['error']}"]
     return {"T": T, "B": B, "rows": rows, "skipped": skipped}
 
 

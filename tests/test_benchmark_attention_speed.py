@@ -66,3 +66,22 @@ def test_markdown_table_has_ratios_and_skips():
     assert "| 128 (2) | hardkuma | 20.0 | 2.00× | 6.0 | 1.50× | 3.0 | 3.00× | 4.0 | 2.00× |" in lines
     assert any("entmax15 | skipped: too big" in ln for ln in lines)
     assert all(ln.count("|") == 11 for ln in lines if ln.startswith("|"))
+
+
+def test_a_variant_failing_its_memory_run_is_reported_and_left_out_of_the_timings(monkeypatch):
+    jobs = []
+
+    def fake_worker(job, threads):
+        jobs.append(job)
+        if job["kind"] == "memory":
+            if job["variants"] == ["hardkuma"]:
+                return {"error": "worker exited with -9: no output"}
+            return {job["variants"][0]: {"saved": 1, "rss_peak": 2, "rss_growth": 1}}
+        return {name: {"train": 1.0, "eval": 1.0} for name in job["variants"]}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    args = bench.parse_args(["--sweep", "--variants", "softmax", "hardkuma", "--tokens", "256", "--lengths", "128"])
+    res = bench.sweep_length(args, 128)
+    assert jobs[-1]["kind"] == "time" and jobs[-1]["variants"] == ["softmax"]
+    assert "exited with -9" in res["skipped"]["hardkuma"] and list(res["rows"]) == ["softmax"]
+    assert res["rows"]["softmax"] == {"saved": 1, "rss_peak": 2, "rss_growth": 1, "train": 1.0, "eval": 1.0}
