@@ -21,11 +21,13 @@ parameters and the input not counted.
 
 In the sweep, each (length, variant) first runs alone in a fresh subprocess for the memory figures
 (a variant whose run fails, e.g. killed for memory, is reported and left out of the timings), then
-each length's timings run in one fresh subprocess (all variants, interleaved).  Memory: saved bytes and
-the process's peak resident set (``getrusage(RUSAGE_SELF).ru_maxrss``) over one training step and one
-inference step.  "RSS" is that peak minus the peak before the measured steps (after the imports, the
-input and a warm-up step at a small size, which also absorbs a one-off kernel compilation), i.e. the
-memory the variant needed at this length.  Variants that materialise the whole (B, H, T, S) map
+each length's timings run in one fresh subprocess (all variants, interleaved).  Memory figures:
+"saved" as above; "peak RSS", the process's peak resident set (``getrusage(RUSAGE_SELF).ru_maxrss``)
+over the whole run (interpreter, imports, any one-off kernel compilation, a warm-up training and
+inference step, the measured steps); "step RSS", the peak over one training and one inference step
+after the warm-up minus the resident set before them (the peak is reset through
+``/proc/self/clear_refs``, and glibc's mmap threshold is fixed in that subprocess so that freed
+blocks go back to the OS), i.e. the memory the variant needs at this length.  Variants that materialise the whole (B, H, T, S) map
 (entmax15, sparsemax, softmax+weights, hardkuma-naive) are skipped, with the reason printed, when one
 fp32 map would exceed ``--map-budget-mib``.  ``--out FILE`` keeps every figure (JSON, written after
 each length through a temporary file); rerunning the same command resumes after the lengths it holds.
@@ -226,26 +228,53 @@ def worker_time(job):
     return {name: {kind: statistics.median(times[(name, kind)]) for kind in ("train", "eval")} for name in layers}
 
 
+def _max_rss() -> int:
+    """The process's peak resident set so far, bytes (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Start the peak-RSS count afresh (Linux: ``5`` to ``/proc/self/clear_refs`` resets the
+    high-water mark that ``ru_maxrss`` reports); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def worker_memory(job):
-    """One variant alone: saved bytes and the growth of the peak RSS over a training and an
-    inference step at this length (after a warm-up step at a small size)."""
+    """One variant alone at this length: saved bytes, the process's peak RSS over everything
+    (imports, a warm-up training and inference step that also absorbs any kernel compilation, the
+    measured steps) and the step RSS: the peak over one training and one inference step after
+    the warm-up, minus the resident set before them.  ``run_worker`` fixes glibc's mmap threshold
+    so that freed blocks go back to the OS and the warm-up leaves no cached memory behind."""
     (name,) = job["variants"]
     x = _sweep_input(job)
     m, fn = build(name, job["E"], job["H"], seq_first=True)
-    small = _sweep_input(job, T=min(job["T"], 16), B=min(job["B"], 2))
-    train_step(m, fn, small)
-    eval_step(m, fn, small)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    saved = saved_bytes(m, fn, x)
     train_step(m, fn, x)
     eval_step(m, fn, x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {name: {"saved": saved, "rss_peak": peak * 1024, "rss_growth": (peak - base) * 1024}}
+    warm_peak = _max_rss()
+    row = {}
+    if not _reset_peak_rss():
+        row["errors"] = ["cannot reset the peak RSS (/proc/self/clear_refs): step RSS not measured"]
+    base = _max_rss()
+    row["saved"] = saved_bytes(m, fn, x)
+    train_step(m, fn, x)
+    eval_step(m, fn, x)
+    peak = _max_rss()
+    row["rss_peak"] = max(warm_peak, peak)
+    if "errors" not in row:
+        row["rss_step"] = peak - base
+    return {name: row}
 
 
 def run_worker(job, threads):
     """Run one worker job in a fresh Python process; its result dict, or ``{"error": ...}``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if job["kind"] == "memory":  # large blocks always mmap'd, so a free returns them to the OS
+        env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job), "--threads", str(threads)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
@@ -297,31 +326,48 @@ def sweep_length(args, T):
     for name, row in rows.items():
         row.update(timing.get(name, {}))
         if "error" in timing:
-            row["errors"] = [f"timing run failed: {timing['error']}"]
+            row.setdefault("errors", []).append(f"timing run failed: {timing['error']}")
     return {"T": T, "B": B, "rows": rows, "skipped": skipped}
 
 
+# (key, heading, scale to the printed unit, with a ratio to softmax)
+COLUMNS = [("train", "train ms", 1e3, True), ("eval", "eval ms", 1e3, True), ("saved", "saved MiB", 2**-20, True),
+           ("rss_peak", "peak RSS MiB", 2**-20, False), ("rss_step", "step RSS MiB", 2**-20, True)]
+
+
 def ratio(row, base, key):
-    if base is None or key not in row or not base.get(key):
+    if base is None or row.get(key) is None or not base.get(key):
         return None
     return row[key] / base[key]
 
 
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
+def fmt(x, spec, suffix=""):
+    return "-" if x is None else format(x, spec) + suffix
+
+
+def headings():
+    out = []
+    for _, head, _, with_ratio in COLUMNS:
+        out += [head, "×"] if with_ratio else [head]
+    return out
+
+
+def cells(row, base):
+    """The printed figures of one row, in the order of :func:`headings`."""
+    out = []
+    for key, _, scale, with_ratio in COLUMNS:
+        out.append(fmt(row[key] * scale if row.get(key) is not None else None, ".1f"))
+        if with_ratio:
+            out.append(fmt(ratio(row, base, key), ".2f", "×"))
+    return out
 
 
 def print_length(result):
     rows, base = result["rows"], result["rows"].get("softmax")
     print(f"\nT = {result['T']}, batch {result['B']}")
-    print(f"{'variant':<18} {'train ms':>9} {'x':>6} {'eval ms':>9} {'x':>6} {'saved MiB':>10} {'x':>6} "
-          f"{'RSS MiB':>9} {'x':>6}")
+    print(f"{'variant':<18}" + "".join(f" {h:>{max(len(h), 7)}}" for h in headings()))
     for name, row in rows.items():
-        ms = lambda k: fmt(row[k] * 1000 if k in row else None, ".1f")  # noqa: E731
-        mib = lambda k: fmt(row[k] / 2**20 if k in row else None, ".1f")  # noqa: E731
-        print(f"{name:<18} {ms('train'):>9} {fmt(ratio(row, base, 'train'), '.2f'):>6} {ms('eval'):>9} "
-              f"{fmt(ratio(row, base, 'eval'), '.2f'):>6} {mib('saved'):>10} {fmt(ratio(row, base, 'saved'), '.2f'):>6} "
-              f"{mib('rss_growth'):>9} {fmt(ratio(row, base, 'rss_growth'), '.2f'):>6}")
+        print(f"{name:<18}" + "".join(f" {c:>{max(len(h), 7)}}" for c, h in zip(cells(row, base), headings())))
         for err in row.get("errors", []):
             print(f"  {name}: {err}")
     for name, reason in result["skipped"].items():
@@ -331,25 +377,21 @@ def print_length(result):
 
 def markdown(results, settings):
     """A README-ready table: one row per (length, variant), ratios to softmax of the same run."""
+    heads = ["T (batch)", "variant"] + headings()
     lines = [
         f"{settings['tokens']} tokens per step (batch = tokens / T), E = {settings['embed_dim']}, "
         f"{settings['heads']} heads, fp32, {settings['threads']} threads, median of {settings['rounds']} "
         "interleaved rounds; × = ratio to `nn.MultiheadAttention` (SDPA path) in the same run.",
         "",
-        "| T (batch) | variant | train ms | train × | eval ms | eval × | saved MiB | saved × | RSS MiB | RSS × |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(heads) + " |",
+        "|" + "---|" * len(heads),
     ]
     for res in results:
         base = res["rows"].get("softmax")
         for name, row in res["rows"].items():
-            cells = [f"{res['T']:,} ({res['B']})", name]
-            for key, scale in (("train", 1000), ("eval", 1000), ("saved", 2**-20), ("rss_growth", 2**-20)):
-                cells.append(fmt(row[key] * scale if key in row else None, ".1f"))
-                r = ratio(row, base, key)
-                cells.append(fmt(r, ".2f") + ("×" if r is not None else ""))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join([f"{res['T']:,} ({res['B']})", name] + cells(row, base)) + " |")
         for name, reason in res["skipped"].items():
-            lines.append(f"| {res['T']:,} ({res['B']}) | {name} | skipped: {reason} |" + " |" * 7)
+            lines.append(f"| {res['T']:,} ({res['B']}) | {name} | skipped: {reason} |" + " |" * (len(heads) - 3))
     return "\n".join(lines)
 
 

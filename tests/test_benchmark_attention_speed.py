@@ -43,7 +43,7 @@ def test_variants_run_sequence_first_and_workers_report(name):
     m, fn = bench.build(name, 16, 2, seq_first=True)
     assert fn(torch.randn(8, 2, 16)).shape == (8, 2, 16)
     mem = bench.worker_memory(job)[name]
-    assert mem["saved"] > 0 and mem["rss_peak"] > 0 and mem["rss_growth"] >= 0
+    assert mem["saved"] > 0 and mem["rss_peak"] > 0 and mem["rss_step"] >= 0 and "errors" not in mem
     times = bench.worker_time(job)[name]
     assert set(times) == {"train", "eval"}
 
@@ -59,13 +59,13 @@ def test_naive_variant_is_the_same_attention_in_eval():
 
 def test_markdown_table_has_ratios_and_skips():
     settings = {"tokens": 256, "embed_dim": 16, "heads": 2, "threads": 2, "rounds": 3}
-    rows = {"softmax": {"train": 0.010, "eval": 0.004, "saved": 2**20, "rss_growth": 2**21},
-            "hardkuma": {"train": 0.020, "eval": 0.006, "saved": 3 * 2**20, "rss_growth": 2**22}}
+    rows = {"softmax": {"train": 0.010, "eval": 0.004, "saved": 2**20, "rss_peak": 2**29, "rss_step": 2**21},
+            "hardkuma": {"train": 0.020, "eval": 0.006, "saved": 3 * 2**20, "rss_peak": 2**30, "rss_step": 2**22}}
     text = bench.markdown([{"T": 128, "B": 2, "rows": rows, "skipped": {"entmax15": "too big"}}], settings)
     lines = text.splitlines()
-    assert "| 128 (2) | hardkuma | 20.0 | 2.00× | 6.0 | 1.50× | 3.0 | 3.00× | 4.0 | 2.00× |" in lines
+    assert "| 128 (2) | hardkuma | 20.0 | 2.00× | 6.0 | 1.50× | 3.0 | 3.00× | 1024.0 | 4.0 | 2.00× |" in lines
     assert any("entmax15 | skipped: too big" in ln for ln in lines)
-    assert all(ln.count("|") == 11 for ln in lines if ln.startswith("|"))
+    assert len({ln.count("|") for ln in lines if ln.startswith("|")}) == 1  # every row has every column
 
 
 def test_a_variant_failing_its_memory_run_is_reported_and_left_out_of_the_timings(monkeypatch):
@@ -76,7 +76,7 @@ def test_a_variant_failing_its_memory_run_is_reported_and_left_out_of_the_timing
         if job["kind"] == "memory":
             if job["variants"] == ["hardkuma"]:
                 return {"error": "worker exited with -9: no output"}
-            return {job["variants"][0]: {"saved": 1, "rss_peak": 2, "rss_growth": 1}}
+            return {job["variants"][0]: {"saved": 1, "rss_peak": 2, "rss_step": 1}}
         return {name: {"train": 1.0, "eval": 1.0} for name in job["variants"]}
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
@@ -84,4 +84,4 @@ def test_a_variant_failing_its_memory_run_is_reported_and_left_out_of_the_timing
     res = bench.sweep_length(args, 128)
     assert jobs[-1]["kind"] == "time" and jobs[-1]["variants"] == ["softmax"]
     assert "exited with -9" in res["skipped"]["hardkuma"] and list(res["rows"]) == ["softmax"]
-    assert res["rows"]["softmax"] == {"saved": 1, "rss_peak": 2, "rss_growth": 1, "train": 1.0, "eval": 1.0}
+    assert res["rows"]["softmax"] == {"saved": 1, "rss_peak": 2, "rss_step": 1, "train": 1.0, "eval": 1.0}
