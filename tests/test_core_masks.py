@@ -156,3 +156,21 @@ def test_is_causal_mask_recognises_exactly_the_causal_pattern():
     assert not is_causal_mask(more)
     assert not is_causal_mask(upper.unsqueeze(0)) and not is_causal_mask(None)
     assert not is_causal_mask(torch.zeros(T, T, dtype=torch.long))
+
+
+def test_hardkuma_attention_float_key_padding_mask_is_additive_as_in_pytorch():
+    """HardKumaAttention._masks: a finite float key padding mask shifts score_a exactly as the same
+    values in a per-head attn_mask do (PyTorch adds both to the scores); -inf pads."""
+    from hardkuma_attention import HardKumaAttention
+
+    torch.manual_seed(0)
+    m = HardKumaAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(B, S, 8) * 3
+    kpm = torch.randn(B, S) * 2
+    kpm[0, -1] = float("-inf")
+    per_head = kpm[:, None, None, :].expand(B, 2, S, S).reshape(B * 2, S, S)
+    out_kp, w_kp = m(x, x, x, key_padding_mask=kpm, average_attn_weights=False)
+    out_am, w_am = m(x, x, x, attn_mask=per_head, average_attn_weights=False)
+    _, w_plain = m(x, x, x, average_attn_weights=False)
+    assert torch.equal(w_kp, w_am) and torch.allclose(out_kp, out_am)
+    assert (w_kp[0, :, :, -1] == 0).all() and not torch.equal(w_kp[1], w_plain[1])

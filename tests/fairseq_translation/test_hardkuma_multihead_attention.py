@@ -356,3 +356,18 @@ def test_future_mask_reaches_the_core_as_is_causal(monkeypatch, self_attn):
     assert calls[0]["is_causal"] and calls[0]["valid"] is None
     assert not calls[1]["is_causal"] and calls[1]["valid"] is not None
     assert (w.masked_select(torch.ones(5, 5, dtype=torch.bool).triu(1)) == 0).all()
+
+
+@pytest.mark.parametrize("normalize", ["none", "sum", "softmax"])
+def test_fully_padded_sentence_trains_with_finite_gradients(normalize):
+    torch.manual_seed(0)
+    m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, normalize=normalize).train()
+    q, enc = torch.randn(3, 2, E, requires_grad=True), torch.randn(4, 2, E)
+    pad = torch.zeros(2, 4, dtype=torch.bool)
+    pad[0] = True  # nothing to attend to in sentence 0
+    with collect_attention_stats() as stats:
+        out, w = m(q, enc, enc, key_padding_mask=pad, need_head_weights=True)
+    (out.sum() + stats.total().expected_l0).backward()
+    assert (w[:, 0] == 0).all() and torch.allclose(out[:, 0], m.out_proj.bias.expand(3, E))
+    assert torch.isfinite(q.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert float(stats.total().cells) == H * 3 * 4
