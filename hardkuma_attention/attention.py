@@ -30,10 +30,10 @@ from torch import nn
 
 from .distributions import DEFAULT_SUPPORT
 from .functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
+from .masks import MASKED_SCORE, merge_masks  # MASKED_SCORE re-exported here
 
 __all__ = ["HardKumaAttention", "MASKED_SCORE"]
 
-MASKED_SCORE = -1e4  # additive mask values at or below this disallow a cell
 PARAMETERIZATIONS = ("split", "separate")
 
 
@@ -189,44 +189,16 @@ class HardKumaAttention(nn.Module):
     # ------------------------------------------------------------------ masks
     def _masks(self, attn_mask, key_padding_mask, is_causal, B, T, S, dtype, device):
         """Merge masks into ``valid`` (bool, True = allowed, broadcastable to (B, H, T, S)) and an
-        additive ``bias`` for score_a (or None)."""
-        valid = None
-        bias = None
-
-        def split(mask, name):
-            if mask.dtype == torch.bool:
-                return ~mask, None
-            if not mask.is_floating_point():
-                raise TypeError(f"{name} must be bool or floating point, got {mask.dtype}")
-            ok = mask > MASKED_SCORE
-            return ok, torch.where(ok, mask, torch.zeros_like(mask)).to(dtype)
-
+        additive ``bias`` for score_a (or None): :func:`hardkuma_attention.masks.merge_masks` with
+        PyTorch's conventions (a float key padding mask is additive).  ``is_causal`` without an
+        ``attn_mask`` disallows key ``j > i`` (top-left aligned, as ``scaled_dot_product_attention``);
+        with one, ``attn_mask`` is taken to be that causal mask (as ``nn.MultiheadAttention``)."""
         if attn_mask is None and is_causal:
             attn_mask = torch.ones(T, S, dtype=torch.bool, device=device).triu(1)
-        if attn_mask is not None:
-            if attn_mask.dim() == 2:
-                if attn_mask.shape != (T, S):
-                    raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)}, expected {(T, S)}")
-                attn_mask = attn_mask.view(1, 1, T, S)
-            elif attn_mask.dim() == 3:
-                if attn_mask.shape != (B * self.num_heads, T, S):
-                    raise ValueError(
-                        f"attn_mask of shape {tuple(attn_mask.shape)}, expected {(B * self.num_heads, T, S)}"
-                    )
-                attn_mask = attn_mask.view(B, self.num_heads, T, S)
-            else:
-                raise ValueError(f"attn_mask must be 2-D or 3-D, got {attn_mask.dim()}-D")
-            valid, bias = split(attn_mask, "attn_mask")
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (B, S):
-                raise ValueError(
-                    f"key_padding_mask of shape {tuple(key_padding_mask.shape)}, expected {(B, S)}"
-                )
-            kp_valid, kp_bias = split(key_padding_mask.view(B, 1, 1, S), "key_padding_mask")
-            valid = kp_valid if valid is None else valid & kp_valid
-            if kp_bias is not None:
-                bias = kp_bias if bias is None else bias + kp_bias
-        return valid, bias
+        return merge_masks(
+            attn_mask, key_padding_mask, batch=B, heads=self.num_heads, tgt_len=T, src_len=S,
+            dtype=dtype, key_padding="additive",
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(

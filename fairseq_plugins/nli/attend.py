@@ -20,8 +20,11 @@ HardKuma gate per cell::
 GEMM for both first layers; ``mlp="shared"``: F_a and F_b share their first layer and differ in
 the second, one layer cheaper) and ``W^{p->h} = N(z)``, ``W^{h->p} = N(z^T)`` with the normalisation ``N`` of the core
 (``"none"``: raw gates in [0, 1], the paper; ``"sum"``: divided by the row sum; ``"softmax"``:
-``z * softmax(score_a)`` renormalised).  The expected L0 ``sum_valid P(z_ij != 0)`` and the number
-of exactly non-zero gates are reported to :func:`hardkuma_attention.collect_attention_stats`.
+``z * softmax(score_a)`` renormalised).  The gates come from the core attention path
+:func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` (one head, ``scale = 1``,
+``qa = F_a(p)``, ``ka = F_a(h)``, ``qb = F_b(p)``, ``kb = F_b(h)``, ``normalize="none"``,
+weights requested), which also reports the expected L0 ``sum_valid P(z_ij != 0)`` and the number
+of exactly non-zero gates to :func:`hardkuma_attention.collect_attention_stats`.
 
 Every MLP runs once over the words of both sentences (concatenated along time) rather than once
 per sentence: the same values with half the kernel launches.
@@ -36,9 +39,7 @@ import torch
 from torch import nn
 
 from hardkuma_attention.distributions import DEFAULT_SUPPORT
-from hardkuma_attention.functional import NORMALIZE_MODES, hardkuma_weights_from_scores, normalize_gates
-from hardkuma_attention.fused import expected_l0_sum
-from hardkuma_attention.stats import gate_stats, report_stats, stats_requested
+from hardkuma_attention.functional import NORMALIZE_MODES, normalize_gates, scaled_dot_product_hardkuma
 
 __all__ = ["FeedForward", "TwinFeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY", "ATTEND_MLPS"]
 
@@ -148,23 +149,27 @@ class HardKumaAttend(nn.Module):
     def extra_repr(self) -> str:
         return f"normalize={self.normalize!r}, support={self.support}, ab_clamp={self.ab_clamp}"
 
-    def scores(self, p: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(score_a, score_b)``, each (B, P, H)."""
+    def features(self, p: torch.Tensor, h: torch.Tensor):
+        """``(F_a(p), F_a(h), F_b(p), F_b(h))``: (B, P, hidden), (B, H, hidden), twice."""
         fa, fb = self.f_ab(torch.cat([p, h], dim=1))
-        fa_p, fa_h = _split_time(fa, p.size(1))
-        fb_p, fb_h = _split_time(fb, p.size(1))
+        return (*_split_time(fa, p.size(1)), *_split_time(fb, p.size(1)))
+
+    def scores(self, p: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(score_a, score_b)``, each (B, P, H) (for inspection; ``forward`` never builds them)."""
+        fa_p, fa_h, fb_p, fb_h = self.features(p, h)
         return torch.bmm(fa_p, fa_h.transpose(1, 2)), torch.bmm(fb_p, fb_h.transpose(1, 2))
 
     def forward(self, p: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> Alignment:
-        score_a, score_b = self.scores(p, h)
-        gates = hardkuma_weights_from_scores(
-            score_a, score_b, mask, training=self.training, normalize="none",
-            support=self.support, ab_clamp=self.ab_clamp,
-        )  # (B, P, H), exactly 0 on masked cells
-        if stats_requested():
-            l0 = expected_l0_sum(score_a, score_b, mask, self.support, self.ab_clamp)
-            report_stats(gate_stats(l0.float(), gates, mask, self.stats_key))
-        mask_t = mask.transpose(1, 2)
+        fa_p, fa_h, fb_p, fb_h = self.features(p, h)
+        # One head, scale 1: the core path samples (training) or decodes (eval) the gates
+        # z (B, P, H), exactly 0 on masked cells, and reports the stats to any collector; its
+        # output (values h; = beta when normalize is "none") is not used: the model pools itself.
+        _, gates, _ = scaled_dot_product_hardkuma(
+            fa_p, fa_h, fb_p, fb_h, h, scale=1.0, valid=mask, training=self.training, normalize="none",
+            support=self.support, ab_clamp=self.ab_clamp, need_weights=True, stats_key=self.stats_key,
+        )
+        score_a = torch.bmm(fa_p, fa_h.transpose(1, 2)) if self.normalize == "softmax" else None
         to_h = normalize_gates(gates, self.normalize, score_a, mask)
-        to_p = normalize_gates(gates.transpose(1, 2), self.normalize, score_a.transpose(1, 2), mask_t)
+        score_a_t = None if score_a is None else score_a.transpose(1, 2)
+        to_p = normalize_gates(gates.transpose(1, 2), self.normalize, score_a_t, mask.transpose(1, 2))
         return Alignment(to_h, to_p, gates)

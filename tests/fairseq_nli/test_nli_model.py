@@ -1,5 +1,7 @@
 """Unit tests of the NLI plugin: decomposable attention model, attend steps, criterion."""
 import gzip
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,9 @@ from fairseq_plugins.nli.attend import HardKumaAttend, SoftmaxAttend  # noqa: E4
 from fairseq_plugins.nli.criterion import NLICrossEntropyConfig, NLICrossEntropyCriterion  # noqa: E402
 from fairseq_plugins.nli.model import DecomposableAttentionConfig, DecomposableAttentionModel  # noqa: E402
 from hardkuma_attention import collect_attention_stats  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hardkuma_reference import gate_attention  # noqa: E402
 
 WORDS = "a man dog is playing guitar outside sleeping the cat".split()
 
@@ -113,6 +118,37 @@ def test_one_gate_matrix_used_in_both_directions(normalize):
     else:
         rows = out.to_hypothesis.sum(-1)[nonzero.any(-1)]
         assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", ["none", "sum", "softmax"])
+@pytest.mark.parametrize("mlp", ["separate", "shared"])
+def test_hardkuma_attend_eval_matches_formulas_and_reports_stats(normalize, mlp):
+    """Eval alignment == the formulas (tests/hardkuma_reference.py) on the attend MLP features:
+    score_a = F_a(p) F_a(h)^T, score_b = F_b(p) F_b(h)^T, one gate matrix z normalised per direction."""
+    torch.manual_seed(0)
+    attend = HardKumaAttend(8, 8, 0.0, normalize=normalize, mlp=mlp, stats_key="nli").double().eval()
+    g = torch.Generator().manual_seed(3)
+    p, h = (torch.randn(3, n, 8, generator=g, dtype=torch.float64) * 8 for n in (4, 5))  # large scores: 0s and 1s
+    mask = torch.ones(3, 4, 5, dtype=torch.bool)
+    mask[1, 3, :] = False  # padded premise word
+    mask[1, :, 4] = False  # padded hypothesis word
+    mask[2] = False  # nothing real: all zero, no NaN
+    with collect_attention_stats() as stats:
+        out = attend(p, h, mask)
+    fa, fb = attend.f_ab(torch.cat([p, h], dim=1))
+    sa = fa[:, :4] @ fa[:, 4:].transpose(1, 2)
+    sb = fb[:, :4] @ fb[:, 4:].transpose(1, 2)
+    args = (attend.support, attend.ab_clamp)
+    z, l0 = gate_attention(sa, sb, mask, "none", *args)
+    to_h, _ = gate_attention(sa, sb, mask, normalize, *args)
+    to_p, _ = gate_attention(sa.transpose(1, 2), sb.transpose(1, 2), mask.transpose(1, 2), normalize, *args)
+    assert torch.allclose(out.matrix, z, atol=1e-10) and torch.equal(out.matrix == 0, z == 0)
+    assert torch.allclose(out.to_hypothesis, to_h, atol=1e-10)
+    assert torch.allclose(out.to_premise, to_p, atol=1e-10)
+    assert (z[mask] != 0).any() and (z[mask] == 0).any() and (out.matrix[2] == 0).all()
+    total = stats.total("nli")
+    assert torch.allclose(total.l0_sum.double(), l0)
+    assert total.cells.item() == mask.sum().item() and total.nonzero.item() == (z != 0).sum().item()
 
 
 def test_softmax_attend_rows_sum_to_one_and_empty_rows_are_zero():

@@ -1,4 +1,8 @@
-"""HardKumaMultiheadAttention: no fused fast path, incremental == full decoding, masks, shapes."""
+"""HardKumaMultiheadAttention: no fused fast path, incremental == full decoding, masks, shapes,
+outputs against the formulas (tests/hardkuma_reference.py)."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +191,183 @@ def test_softmax_normalisation_matches_reference_in_eval():
     assert torch.equal(w == 0, ref == 0)
     sums = w.sum(-1)
     assert torch.allclose(sums[sums > 0], torch.ones(()), atol=1e-6)
+
+
+# ---------------------------------------------------------------- against the formulas (eval)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hardkuma_reference import gate_attention  # noqa: E402
+
+
+def reference_forward(m, query, key, kpm=None, attn_mask=None):
+    """The module's eval output from the formulas (module doc): whole score maps, fairseq masks."""
+    T, B, _ = query.shape
+    S, H, d = key.size(0), m.num_heads, m.head_dim
+    half = d // 2
+    heads = lambda x, n: x.reshape(n, B, H, d).permute(1, 2, 0, 3)  # noqa: E731
+    q, k, v = heads(m.q_proj(query), T), heads(m.k_proj(key), S), heads(m.v_proj(key), S)
+    sa = q[..., :half] @ k[..., :half].transpose(-1, -2) / half**0.5
+    sb = q[..., half:] @ k[..., half:].transpose(-1, -2) / half**0.5
+    valid = torch.ones(B, H, T, S, dtype=torch.bool)
+    if attn_mask is not None:
+        am = attn_mask.reshape(-1, H, T, S) if attn_mask.dim() == 3 else attn_mask
+        if am.dtype == torch.bool:
+            valid = valid & ~am
+        else:
+            valid = valid & (am > -1e4)
+            sa = sa + torch.where(am > -1e4, am, torch.zeros_like(am))
+    if kpm is not None:
+        valid = valid & (kpm == 0)[:, None, None, :]
+    w, l0 = gate_attention(sa, sb, valid, m.normalize, m.support, m.ab_clamp)
+    out = m.out_proj((w @ v).permute(2, 0, 1, 3).reshape(T, B, H * d))
+    return out, w.transpose(0, 1), l0, valid
+
+
+def mask_case(kind, B, T, S, g):
+    """(key_padding_mask, attn_mask) of a named kind."""
+    kpm = torch.zeros(B, S, dtype=torch.bool)
+    kpm[1, -2:] = True
+    if kind == "padding":
+        kpm[0, :] = True  # a fully padded sentence: zero attention, no NaN
+        return kpm.to(torch.uint8), None
+    if kind == "causal_float":
+        return kpm, torch.triu(torch.full((T, S), float("-inf"), dtype=torch.float64), 1)
+    if kind == "bias_2d":  # finite values shift score_a; -1e8 disallows
+        am = torch.randn(T, S, generator=g, dtype=torch.float64)
+        am[0, 1] = -1e8
+        return None, am
+    if kind == "per_head_bool":
+        return kpm, torch.rand(B * H, T, S, generator=g) < 0.3
+    return None, None
+
+
+@pytest.mark.parametrize("normalize", ["none", "sum", "softmax"])
+@pytest.mark.parametrize("kind", ["none", "padding", "causal_float", "bias_2d", "per_head_bool"])
+def test_eval_outputs_weights_and_stats_match_formulas(normalize, kind):
+    torch.manual_seed(5)
+    m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, normalize=normalize,
+                                   stats_key="cross").double().eval()
+    T, B, S = 5, 3, 5
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(T, B, E, generator=g, dtype=torch.float64) * 3
+    enc = torch.randn(S, B, E, generator=g, dtype=torch.float64) * 3
+    kpm, am = mask_case(kind, B, T, S, g)
+    with collect_attention_stats() as stats:
+        out, w = m(q, enc, enc, key_padding_mask=kpm, attn_mask=am, need_head_weights=True)
+    ref_out, ref_w, ref_l0, valid = reference_forward(m, q, enc, kpm, am)
+    assert torch.allclose(w, ref_w, atol=1e-10) and torch.equal(w == 0, ref_w == 0)
+    assert torch.allclose(out, ref_out, atol=1e-10)
+    assert (w != 0).any() and (w == 0).any()  # the inputs exercise open and closed gates
+    total = stats.total("cross")
+    assert torch.allclose(total.l0_sum.double(), ref_l0) and float(total.cells) == float(valid.sum())
+    assert float(total.nonzero) == float((ref_w != 0).sum())
+    if kind == "padding":
+        assert torch.allclose(out[:, 0], m.out_proj.bias.expand(T, E))
+
+
+@pytest.mark.parametrize("kind", ["padding", "bias_2d", "per_head_bool"])
+def test_beam_shared_keys_match_formulas_with_masks(kind):
+    """Beam-shared cross attention (queries of a beam folded onto one key set) == the formulas on
+    the repeated keys, with 2-D and per-head 3-D masks, also from the cache."""
+    torch.manual_seed(6)
+    m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True).double().eval()
+    S, N, beam, T = 5, 2, 3, 4
+    g = torch.Generator().manual_seed(8)
+    enc = torch.randn(S, N, E, generator=g, dtype=torch.float64).repeat_interleave(beam, dim=1) * 3
+    q = torch.randn(T, N * beam, E, generator=g, dtype=torch.float64) * 3
+    kpm, am = mask_case(kind, N * beam, T, S, g)
+    if kpm is not None:  # one padding per sentence, repeated over its beam
+        kpm = kpm[::beam].repeat_interleave(beam, dim=0)
+    ref_out, ref_w, _, _ = reference_forward(m, q, enc, kpm, am)
+    m.set_beam_size(beam)
+    state = {}
+    for keys in (enc, None):  # the second call reads the cached keys
+        out, w = m(q, keys, keys, key_padding_mask=kpm, attn_mask=am, incremental_state=state,
+                   static_kv=True, need_head_weights=True)
+        assert state[next(iter(state))]["prev_key"].size(0) == N  # one key set per sentence
+        assert torch.allclose(out, ref_out, atol=1e-10) and torch.allclose(w, ref_w, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalize", ["none", "softmax"])
+def test_incremental_decoding_matches_full_with_padding(normalize):
+    torch.manual_seed(2)
+    m = HardKumaMultiheadAttention(E, H, self_attention=True, normalize=normalize).double().eval()
+    T, B = 6, 2
+    x = torch.randn(T, B, E, dtype=torch.float64) * 3
+    kpm = torch.zeros(B, T, dtype=torch.bool)
+    kpm[1, 0] = True  # a left-padded target
+    full, _ = m(x, x, x, key_padding_mask=kpm, attn_mask=causal(T).double())
+    ref, _, _, _ = reference_forward(m, x, x, kpm, causal(T).double())
+    assert torch.allclose(full, ref, atol=1e-10)
+    state, outs = {}, []
+    for t in range(T):
+        step = x[t : t + 1]  # fairseq passes the key padding of this step only
+        o, _ = m(step, step, step, key_padding_mask=kpm[:, t : t + 1], incremental_state=state)
+        outs.append(o)
+    assert torch.allclose(torch.cat(outs)[:, 0], full[:, 0], atol=1e-10)
+    assert torch.allclose(torch.cat(outs)[1:, 1], full[1:, 1], atol=1e-10)  # row 0 of batch 1 sees only padding
+
+
+def test_weights_requested_only_when_the_caller_asks(monkeypatch, self_attn):
+    import fairseq_plugins.translation.hardkuma_multihead_attention as mod
+
+    calls = []
+    core = mod.scaled_dot_product_hardkuma
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return core(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "scaled_dot_product_hardkuma", spy)
+    x = torch.randn(4, 2, E)
+    assert self_attn(x, x, x, need_weights=False)[1] is None
+    assert self_attn(x, x, x)[1].shape == (2, 4, 4)  # fairseq's default need_weights=True
+    assert self_attn(x, x, x, need_weights=False, need_head_weights=True)[1].shape == (H, 2, 4, 4)
+    assert [c["need_weights"] for c in calls] == [False, True, True]
+
+
+def test_dropout_on_weights_in_training_only():
+    m = HardKumaMultiheadAttention(E, H, self_attention=True, dropout=0.5).double()
+    x = torch.randn(5, 2, E, dtype=torch.float64)
+    m.eval()
+    assert torch.allclose(m(x, x, x)[0], reference_forward(m, x, x)[0], atol=1e-10)
+    m.train()
+    torch.manual_seed(0)
+    out_drop, w_drop = m(x, x, x, need_head_weights=True)
+    m.dropout_module.p = 0.0
+    torch.manual_seed(0)
+    out, w = m(x, x, x, need_head_weights=True)
+    assert torch.equal(w, w_drop)  # the same sampled gates are returned (before dropout) ...
+    assert not torch.allclose(out, out_drop)  # ... and dropout changed the output
+
+
+def test_future_mask_reaches_the_core_as_is_causal(monkeypatch, self_attn):
+    import fairseq_plugins.translation.hardkuma_multihead_attention as mod
+
+    calls = []
+    core = mod.scaled_dot_product_hardkuma
+    spy = lambda *a, **kw: calls.append(kw) or core(*a, **kw)  # noqa: E731
+    monkeypatch.setattr(mod, "scaled_dot_product_hardkuma", spy)
+    x = torch.randn(5, 2, E)
+    self_attn.eval()
+    out, w = self_attn(x, x, x, attn_mask=causal(5), need_head_weights=True)
+    other = causal(5)
+    other[4, 0] = float("-inf")  # not causal: stays a mask
+    self_attn(x, x, x, attn_mask=other)
+    assert calls[0]["is_causal"] and calls[0]["valid"] is None
+    assert not calls[1]["is_causal"] and calls[1]["valid"] is not None
+    assert (w.masked_select(torch.ones(5, 5, dtype=torch.bool).triu(1)) == 0).all()
+
+
+@pytest.mark.parametrize("normalize", ["none", "sum", "softmax"])
+def test_fully_padded_sentence_trains_with_finite_gradients(normalize):
+    torch.manual_seed(0)
+    m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, normalize=normalize).train()
+    q, enc = torch.randn(3, 2, E, requires_grad=True), torch.randn(4, 2, E)
+    pad = torch.zeros(2, 4, dtype=torch.bool)
+    pad[0] = True  # nothing to attend to in sentence 0
+    with collect_attention_stats() as stats:
+        out, w = m(q, enc, enc, key_padding_mask=pad, need_head_weights=True)
+    (out.sum() + stats.total().expected_l0).backward()
+    assert (w[:, 0] == 0).all() and torch.allclose(out[:, 0], m.out_proj.bias.expand(3, E))
+    assert torch.isfinite(q.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert float(stats.total().cells) == H * 3 * 4
