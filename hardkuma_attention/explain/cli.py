@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..rationale.cli import run_command
+from ..rationale.extras import require
 from ..rationale.io import write_json
 
 __all__ = ["build_parser", "main"]
@@ -131,11 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _requirements(args) -> List[str]:
+    """Modules of the ``explain`` extra that ``args.command`` needs: scikit-learn (the digits data;
+    AUPRC of the text commands) and matplotlib for ``decoy-digits --png``."""
+    if args.command == "decoy-digits":
+        return ["sklearn"] + (["matplotlib"] if args.png and args.mask_examples > 0 else [])
+    return ["sklearn"]
+
+
+def _checked(command):
+    def run(args) -> int:
+        require(_requirements(args), "explain", f"explain {args.command}")
+        return command(args)
+    return run
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "decoy-digits":
-        return cmd_decoy_digits(args)
-    return args.func(args)
+    command = cmd_decoy_digits if args.command == "decoy-digits" else args.func
+    return run_command(f"hardkuma-rationale explain {args.command}", _checked(command), args)
 
 
 if __name__ == "__main__":  # pragma: no cover

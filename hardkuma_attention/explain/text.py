@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..rationale.data import mask_to_spans, read_examples
+from ..rationale.extras import progress as progress_bar
 from ..rationale.highlight import write_html
 from ..rationale.metrics import faithfulness, iou_f1, token_prf
 from ..rationale.models import top_fraction
@@ -191,11 +192,7 @@ def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fract
         preds, golds, soft, faith = [], [], [], {"comprehensiveness": [], "sufficiency": [],
                                                  "aopc_comprehensiveness": [], "aopc_sufficiency": []}
         correct = 0
-        it = batches
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(batches, desc=method, leave=False)
-        for b in it:
+        for b in progress_bar(batches, progress, desc=method):
             with torch.no_grad():
                 logits = classifier_fn(pipeline)(pipeline.model.embed(b.tokens), b.mask)
             target = logits.argmax(-1)

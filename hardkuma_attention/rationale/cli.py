@@ -316,7 +316,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from .extras import require
     from .plot import load_results, plot_accuracy_vs_selection
+
+    require(["matplotlib"], "rationale", "plot")
 
     plot_accuracy_vs_selection(load_results(args.results), args.out, args.split, args.metric, args.title)
     print(args.out)
@@ -331,6 +334,19 @@ def cmd_table(args) -> int:
     return 0
 
 
+def run_command(prog: str, command, args) -> int:
+    """``command(args)``; a data error, a missing file or a missing extra becomes one line
+    ``<prog>: error: <message>`` on stderr and exit code 2 (no traceback)."""
+    from .data import DataFormatError
+    from .extras import MissingExtra
+
+    try:
+        return command(args)
+    except (DataFormatError, FileNotFoundError, MissingExtra) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["explain"]:  # post-hoc explanations: hardkuma_attention.explain
@@ -338,13 +354,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return explain_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from .data import DataFormatError
-
-    try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "table": cmd_table}[args.command](args)
-    except (DataFormatError, FileNotFoundError) as err:
-        print(f"hardkuma-rationale {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "table": cmd_table}
+    return run_command(f"hardkuma-rationale {args.command}", commands[args.command], args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Public pieces (reused by the CLI and by later tools built on these models):
   :func:`load_pipeline` (checkpoint = plain tensors, lists and dicts; loads with
   ``torch.load(weights_only=True)``);
 - :class:`TrainConfig` and :func:`train` — Adam, gradient clipping, periodic dev evaluation with
-  best-on-dev checkpointing, a wall-clock budget, tqdm progress bars.
+  best-on-dev checkpointing, a wall-clock budget, tqdm progress bars (when tqdm is installed).
 
 Best-on-dev: when the objective has a selection target ``s`` (``--selection`` or the Bernoulli
 ``--sparsity-target``), only evaluations whose dev selection rate is within ``tolerance`` of
@@ -33,6 +33,7 @@ import torch
 
 from .data import Example, mask_to_spans
 from .embeddings import Vocab
+from .extras import progress
 from .io import atomic_output, write_json, write_jsonl
 from .metrics import accuracy, faithfulness, iou_f1, mean_squared_error, token_prf
 from .models import ModelConfig, RationaleModel
@@ -300,8 +301,6 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
     right-for-the-right-reasons input-gradient penalty of
     :class:`hardkuma_attention.explain.rrr_text.RRRTextPenalty`; its ``stats`` are logged with the
     objective's."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -343,8 +342,8 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
 
     for epoch in range(1, cfg.epochs + 1):
         model.train(), objective.train()
-        bar = tqdm(pipeline.batches(train_examples, cfg.batch_size, shuffle=True, rng=rng, encoded=encoded),
-                   total=steps_per_epoch, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        bar = progress(pipeline.batches(train_examples, cfg.batch_size, shuffle=True, rng=rng, encoded=encoded),
+                       cfg.progress, total=steps_per_epoch, desc=f"epoch {epoch}")
         for batch in bar:
             out = model(batch.tokens, batch.mask)
             loss, stats = objective(out, batch.targets)
