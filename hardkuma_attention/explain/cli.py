@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _requirements(args) -> List[str]:
-    """Modules of the ``explain`` extra that ``args.command`` needs: scikit-learn (the digits data;
-    AUPRC of the text commands) and matplotlib for ``decoy-digits --png``."""
+    """Modules of the ``explain`` extra that ``args.command`` needs: scikit-learn (the digits data)
+    and matplotlib for ``decoy-digits --png``; ``mask`` and ``rrr-eval`` need the core only."""
     if args.command == "decoy-digits":
         return ["sklearn"] + (["matplotlib"] if args.png and args.mask_examples > 0 else [])
-    return ["sklearn"]
+    return []
 
 
 def _checked(command):

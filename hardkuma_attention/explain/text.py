@@ -42,7 +42,7 @@ from ..rationale.models import top_fraction
 from ..rationale.train import Pipeline, load_pipeline
 from .mask import MaskConfig, optimise_masks
 
-__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
+__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
 
 METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients", "occlusion")
 OCCLUSION_MODES = ("remove", "baseline")
@@ -145,12 +145,35 @@ def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: t
     return scores.detach() * valid.to(scores.dtype)
 
 
-def auprc(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[bool]]) -> float:
-    """Mean per-text average precision of ``scores`` against the human mask (texts with a
-    non-empty human rationale only)."""
-    from sklearn.metrics import average_precision_score
+def average_precision(scores: Sequence[float], gold: Sequence[bool]) -> float:
+    r"""Average precision of the ranking ``scores`` against the binary ``gold`` (scikit-learn's
+    ``average_precision_score``, without the dependency):
 
-    vals = [average_precision_score(list(g), list(s)) for s, g in zip(scores, golds) if any(g) and not all(g)]
+        AP = Σ_k (R_k - R_{k-1}) P_k
+
+    over the distinct score thresholds ``t_1 > t_2 > ...``; ``P_k`` / ``R_k`` are the precision /
+    recall of the tokens scoring ``>= t_k`` (tied tokens enter together).  ``gold`` needs a
+    positive."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    positives = sum(1 for g in gold if g)
+    if positives == 0:
+        raise ValueError("average precision needs at least one gold token")
+    ap, tp, seen, prev_recall = 0.0, 0, 0, 0.0
+    for rank, i in enumerate(order):
+        tp += bool(gold[i])
+        seen += 1
+        if rank + 1 < len(order) and scores[order[rank + 1]] == scores[i]:
+            continue  # a tie: the threshold takes every tied token at once
+        recall = tp / positives
+        ap += (recall - prev_recall) * tp / seen
+        prev_recall = recall
+    return ap
+
+
+def auprc(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[bool]]) -> float:
+    """Mean per-text :func:`average_precision` of ``scores`` against the human mask (texts with a
+    human rationale that is neither empty nor the whole text only)."""
+    vals = [average_precision(list(s), list(g)) for s, g in zip(scores, golds) if any(g) and not all(g)]
     return sum(vals) / max(len(vals), 1)
 
 
