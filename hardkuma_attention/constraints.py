@@ -31,8 +31,18 @@ Two optional extensions (both off by default, so the paper's rule above is uncha
 With ``equality=True`` the same update drives ``measured`` towards the target from both sides:
 ``lambda`` may turn negative (clamped to ``[-lambda_max, lambda_max]``) and is updated additively
 (``lambda <- lambda + eta * m``) since a multiplicative update cannot change sign.
+
+Guards: a non-finite ``target`` (or one outside ``valid_range`` when given, e.g. ``(0, 1)`` for a
+rate) is refused at construction.  A non-finite measured (or observed) value never reaches the
+state: in training mode the update is skipped (multiplier, moving average and ``num_updates``
+unchanged), counted in ``skipped_updates`` (not saved) and reported once by a ``RuntimeWarning``;
+the returned penalty is then non-finite too, so the caller's loss shows it.
 """
 from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -55,6 +65,7 @@ class LagrangianConstraint(nn.Module):
         lambda_init, lambda_min, lambda_max: initial value and bounds of the multiplier.
         equality: treat the constraint as ``measured == target`` (see the module docstring).
         damping: weight ``d >= 0`` of the proportional term (see the module docstring).
+        valid_range: optional ``(low, high)`` the target must lie in (e.g. ``(0, 1)`` for a rate).
     """
 
     def __init__(
@@ -67,8 +78,13 @@ class LagrangianConstraint(nn.Module):
         lambda_max: float = 5.0,
         equality: bool = False,
         damping: float = 0.0,
+        valid_range: Optional[Tuple[float, float]] = None,
     ):
         super().__init__()
+        if not math.isfinite(target):
+            raise ValueError(f"target must be finite, got target={target}")
+        if valid_range is not None and not valid_range[0] <= target <= valid_range[1]:
+            raise ValueError(f"target must be in [{valid_range[0]}, {valid_range[1]}], got target={target}")
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got damping={damping}")
         if not 0.0 <= alpha < 1.0:
@@ -90,6 +106,7 @@ class LagrangianConstraint(nn.Module):
         self.register_buffer("lagrange_multiplier", torch.tensor(float(lambda_init), dtype=torch.float32))
         self.register_buffer("moving_average", torch.tensor(0.0, dtype=torch.float32))
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        self.skipped_updates = 0  # training-mode calls with a non-finite measured / observed value
 
     def extra_repr(self) -> str:
         return (
@@ -108,6 +125,16 @@ class LagrangianConstraint(nn.Module):
             if new.dtype != torch.float32:
                 self._buffers[name] = old.to(device=new.device)
         return self
+
+    def _accept(self, c_obs: torch.Tensor) -> bool:
+        """False (counted, warned once) when the tracked constraint value is not finite."""
+        if bool(torch.isfinite(c_obs)):
+            return True
+        self.skipped_updates += 1
+        if self.skipped_updates == 1:
+            warnings.warn("LagrangianConstraint: non-finite measured value; multiplier update skipped "
+                          "(counted in skipped_updates)", RuntimeWarning, stacklevel=3)
+        return False
 
     @property
     def multiplier(self) -> float:
@@ -128,7 +155,7 @@ class LagrangianConstraint(nn.Module):
             c_obs = torch.as_tensor(observed, dtype=torch.float32, device=c.device).detach() - self.target
             if c_obs.dim() != 0:
                 raise ValueError(f"observed must be a scalar, got shape {tuple(c_obs.shape)}")
-        if self.training:
+        if self.training and self._accept(c_obs):
             with torch.no_grad():
                 m = self.alpha * self.moving_average + (1 - self.alpha) * c_obs
                 self.moving_average.copy_(m)

@@ -341,7 +341,8 @@ def optimise_masks(model: ClassifierFn, emb: torch.Tensor, valid: torch.Tensor,
         # would couple the inputs of a batch.
         constraints = nn.ModuleList(
             LagrangianConstraint(config.l0_target, alpha=config.lagrange_alpha, lr=config.lagrange_lr,
-                                 lambda_init=config.lambda_init, lambda_max=10.0) for _ in range(bsz)
+                                 lambda_init=config.lambda_init, lambda_max=10.0, valid_range=(0.0, 1.0))
+            for _ in range(bsz)
         ).to(device)
     optim = torch.optim.Adam(params, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

@@ -23,8 +23,8 @@
 # run -> resumes checkpoint_last.pt (train.log is appended to); other settings -> error naming
 # the folder.  FRESH=1 trains from scratch.
 # Always passes --required-batch-size-multiple 1 (else this fairseq silently drops the last
-# partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins sets
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
+# partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins wraps fairseq's
+# checkpoint loader (fairseq_plugins/checkpoints.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ATTENTION="${1:?usage: train.sh softmax|hardkuma|hardkuma_all [SAVE_DIR] [fairseq args...]}"
