@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..rationale.cli import run_command
+from ..rationale.cli import add_debug_flag, run_command
 from ..rationale.extras import require
 from ..rationale.io import write_json
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .rrr_text import add_rrr_eval_parser
 
     add_rrr_eval_parser(sub)
+    add_debug_flag(*sub.choices.values())
     return parser
 
 

@@ -39,7 +39,8 @@ from .metrics import accuracy, faithfulness, iou_f1, mean_squared_error, token_p
 from .models import ModelConfig, RationaleModel
 from .objectives import ObjectiveConfig, RationaleObjective
 
-__all__ = ["LabelMap", "Batch", "Pipeline", "TrainConfig", "train", "load_pipeline", "write_json", "write_jsonl"]
+__all__ = ["LabelMap", "Batch", "Pipeline", "TrainConfig", "train", "load_pipeline", "ModelFileError", "write_json",
+           "write_jsonl"]
 
 CHECKPOINT_FORMAT = "hardkuma-rationale/1"
 
@@ -229,18 +230,49 @@ class Pipeline:
             torch.save(self.state(extra), tmp)
 
 
+class ModelFileError(ValueError):
+    """A file given as a model cannot be used as one; the message starts with the path."""
+
+
+def _torch_load_reason(err: Exception) -> str:
+    """A short reason for a failed ``torch.load`` (never torch's advice to disable safe loading)."""
+    import pickle
+
+    if isinstance(err, EOFError):
+        return "empty or truncated file"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain containers (another program's pickle?)"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "zip archive" in text or "central directory" in text:
+        return "corrupt or truncated file"
+    return f"{type(err).__name__}: {text}"[:200]
+
+
 def load_pipeline(path) -> Pipeline:
-    """Load a checkpoint written by :meth:`Pipeline.save`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :meth:`Pipeline.save` (``torch.load(weights_only=True)``).
+    A missing file raises ``FileNotFoundError``; an empty, corrupt or foreign file raises
+    :class:`ModelFileError` with one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+        raise ModelFileError(f"{path}: not a readable {CHECKPOINT_FORMAT} model ({_torch_load_reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    mcfg = ModelConfig(**state["model_config"])
-    model = RationaleModel(mcfg)
-    model.load_state_dict(state["model_state"])
-    objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
-    objective.load_state_dict(state["objective_state"])
+        raise ModelFileError(f"{path}: not a {CHECKPOINT_FORMAT} model (written by `hardkuma-rationale train`?)")
+    try:
+        mcfg = ModelConfig(**state["model_config"])
+        model = RationaleModel(mcfg)
+        model.load_state_dict(state["model_state"])
+        objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
+        objective.load_state_dict(state["objective_state"])
+        vocab, labels = Vocab.from_dict(state["vocab"]), LabelMap(state["labels"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path}: damaged {CHECKPOINT_FORMAT} model ({type(err).__name__}: {first[:160]})") from None
     model.eval(), objective.eval()
-    return Pipeline(model, objective, Vocab.from_dict(state["vocab"]), LabelMap(state["labels"]), state["max_length"])
+    return Pipeline(model, objective, vocab, labels, state.get("max_length"))
 
 
 @dataclass
