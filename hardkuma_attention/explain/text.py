@@ -321,27 +321,29 @@ def cmd_mask(args) -> int:
 
 
 def add_mask_parser(sub) -> None:
+    from ..rationale.cli import ranged
+
     m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
     m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
     m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
     m.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
-    m.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the model's)")
+    m.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
     m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     m.add_argument("--rationale-model", default=None,
                    help="also evaluate this select-then-predict model.pt (its own rationales and classifier)")
-    m.add_argument("--fraction", type=float, default=None,
+    m.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
                    help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
-    m.add_argument("--limit", type=int, default=0, help="first N examples only")
-    m.add_argument("--batch-size", type=int, default=50)
-    m.add_argument("--max-steps", type=int, default=900, help="mask optimisation steps (convergence stop)")
-    m.add_argument("--l0-target", type=float, default=0.1, help="mask-hardkuma: expected-L0 target")
-    m.add_argument("--lagrange-lr", type=float, default=0.05)
-    m.add_argument("--occlusion-window", type=int, default=1, help="occlusion: tokens per window (default 1)")
+    m.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
+    m.add_argument("--batch-size", type=ranged(int, 1), default=50)
+    m.add_argument("--max-steps", type=ranged(int, 1), default=900, help="mask optimisation steps (convergence stop)")
+    m.add_argument("--l0-target", type=ranged(float, 0, 1), default=0.1, help="mask-hardkuma: expected-L0 target")
+    m.add_argument("--lagrange-lr", type=ranged(float, 0, None, True), default=0.05)
+    m.add_argument("--occlusion-window", type=ranged(int, 1), default=1, help="occlusion: tokens per window (default 1)")
     m.add_argument("--occlusion-mode", default="remove", choices=OCCLUSION_MODES,
                    help="occlusion: remove the window's tokens (default) or replace them by the padding embedding")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--html-examples", type=int, default=30)
+    m.add_argument("--threads", type=ranged(int, 1), default=1)
+    m.add_argument("--html-examples", type=ranged(int, 0), default=30)
     m.add_argument("--no-progress", dest="progress", action="store_false")
     m.add_argument("--out", required=True, help="output folder")
     m.set_defaults(func=cmd_mask)

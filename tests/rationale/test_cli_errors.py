@@ -178,3 +178,24 @@ def test_evaluate_refuses_unknown_labels_and_empty_files(tmp_path, data, capsys)
     assert main(args + ["--data", str(tmp_path / "empty.jsonl")]) == 2
     _one_line(capsys, f"hardkuma-rationale evaluate: error: {tmp_path / 'empty.jsonl'}: no examples")
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "mask", "--model", "m.pt", "--data", "d.jsonl", "--out", "o", "--limit", "-1"],
+     "argument --limit: must be >= 0, got -1"),
+    (["explain", "rrr-eval", "--models", "a=m.pt", "--data", "d.jsonl", "--out", "o", "--fraction", "0"],
+     "argument --fraction: must be > 0, got 0"),
+    (["explain", "decoy-digits", "--out", "o", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+])
+def test_explain_flags_are_range_checked(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_explain_bad_model_is_one_line(tmp_path, data, capsys):
+    (tmp_path / "m.pt").write_bytes(b"")
+    rc = main(["explain", "mask", "--model", str(tmp_path / "m.pt"), "--data", str(data[1]), "--format", "jsonl",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2
+    _one_line(capsys, f"hardkuma-rationale explain mask: error: {tmp_path / 'm.pt'}: not a readable")
