@@ -11,8 +11,12 @@ Subcommands::
     hardkuma-rationale explain  mask|decoy-digits ...   (see hardkuma_attention.explain.cli)
 
 ``train`` writes to ``--out``: ``model.pt`` (best on dev), ``history.jsonl`` (one dev evaluation a
-line), ``results.json`` (configs, best dev and test metrics, timing), ``predictions.<split>.jsonl``
-and ``rationales.<split>.html``.  Model / objective / training options are generated from the
+line), ``checkpoint_last.pt`` (the whole training state after each dev evaluation: ``--resume``
+continues an interrupted run bit-identically), then ``predictions.<split>.jsonl``,
+``rationales.<split>.html`` and, last, ``results.json`` (configs, best dev and test metrics,
+timing).  A non-empty ``--out`` is refused unless ``--resume`` or ``--overwrite`` is given.
+Errors (bad flags, data, embeddings, model files) are one line, ``file:line: message`` or
+``--flag: message``, exit code 2, before any work (``--debug`` shows the traceback).  Model / objective / training options are generated from the
 fields of :class:`~.models.ModelConfig`, :class:`~.objectives.ObjectiveConfig` and
 :class:`~.train.TrainConfig` (``--hidden-size``, ``--lagrange-lr``, ``--max-minutes``, ...).
 """
@@ -148,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--embed-dim-random", type=ranged(int, 1), default=50, help="embedding size without --embeddings")
     t.add_argument("--min-count", type=ranged(int, 1), default=1, help="vocabulary: min training count")
     t.add_argument("--regression", action="store_true", help="regression (default for beer formats)")
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--out", required=True, help="output folder (must be empty, unless --resume or --overwrite)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted (or finished) run in --out from its checkpoint_last.pt, bit-identically")
+    t.add_argument("--overwrite", action="store_true", help="delete the earlier run's outputs in --out first")
     t.add_argument("--name", default=None, help="run name (default: the output folder's name)")
     t.add_argument("--threads", type=ranged(int, 1), default=1, help="torch intra-op threads")
     t.add_argument("--html-examples", type=ranged(int, 0), default=100, help="examples in rationales.<split>.html")
@@ -227,6 +234,43 @@ def _read(args, path):
     return examples
 
 
+# Files `train` writes into --out (with the temporary files of atomic writes, `.NAME.*.tmp`).
+_OUTPUTS = ("model.pt", "history.jsonl", "results.json", "checkpoint_last.pt")
+_OUTPUT_PATTERNS = ("predictions.*.jsonl", "rationales.*.html")
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for a run, before any work: temporary files of an interrupted write are
+    removed; a non-empty folder is refused unless ``resume`` (needs ``checkpoint_last.pt``) or
+    ``overwrite`` (deletes the files ``train`` writes; refuses when other files are there), so
+    that no folder mixes the outputs of two runs."""
+    if resume and overwrite:
+        raise UsageError("--resume: cannot be combined with --overwrite")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is a file")
+    stale = sorted(out.glob(".*.tmp")) if out.is_dir() else []
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(f"note: {out}: removed {len(stale)} temporary file(s) of an interrupted write", file=sys.stderr)
+    present = sorted(out.iterdir()) if out.is_dir() else []
+    if resume:
+        if not (out / "checkpoint_last.pt").is_file():
+            raise UsageError(f"--resume: {out / 'checkpoint_last.pt'} not found (nothing to resume)")
+        return
+    if not present:
+        return
+    if not overwrite:
+        raise UsageError(f"--out: {out} is not empty (an earlier run?): --resume continues it, --overwrite replaces it")
+    ours = [p for p in present if p.name in _OUTPUTS or any(p.match(g) for g in _OUTPUT_PATTERNS)]
+    foreign = [p.name for p in present if p not in ours]
+    if foreign:
+        raise UsageError(f"--overwrite: {out} also holds files train does not write ({', '.join(foreign[:5])}): "
+                         "choose another --out")
+    for path in ours:
+        path.unlink()
+
+
 def _where(path, ex) -> tuple:
     return path, ex.meta.get("line")
 
@@ -279,15 +323,21 @@ def _write_outputs(pipeline, name: str, examples, out_dir: Path, html_examples: 
     return metrics
 
 
+# Arguments that may differ between a run and its --resume.
+_NOT_IDENTITY = {"resume", "overwrite", "debug", "progress", "threads", "html_examples", "name", "command", "out"}
+
+
 def cmd_train(args) -> int:
     import torch
 
     from .embeddings import build_vocab, load_embedding_matrix, read_glove
     from .models import ModelConfig, RationaleModel
     from .objectives import ObjectiveConfig, RationaleObjective
-    from .train import Pipeline, TrainConfig, train, write_json
+    from .train import Pipeline, TrainConfig, TrainingInterrupted, train, write_json
 
     t0 = time.time()
+    out_dir = Path(args.out)
+    prepare_out(out_dir, args.resume, args.overwrite)
     if not args.dev and not args.holdout:
         raise UsageError("--dev: give a dev file, or --holdout N")
     train_ex = _read(args, args.train)
@@ -324,7 +374,6 @@ def cmd_train(args) -> int:
     model = RationaleModel(mcfg, weight)
     objective = RationaleObjective(ocfg, mcfg.gate, task)
     pipeline = Pipeline(model, objective, vocab, labels, args.max_length)
-    out_dir = Path(args.out)
     extra_loss = None
     if args.rrr:
         from ..explain.rrr_text import RRRTextConfig, RRRTextPenalty
@@ -337,8 +386,12 @@ def cmd_train(args) -> int:
         # 2-3x slower on Movies; flush them to zero during training only (process-wide setting,
         # restored to torch's default afterwards so callers in the same process are unaffected).
         torch.set_flush_denormal(True)
+    run = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY}
     try:
-        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss)
+        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss, resume=args.resume, run=run)
+    except TrainingInterrupted as err:
+        print(f"hardkuma-rationale train: {err}; continue with the same command and --resume", file=sys.stderr)
+        return 143
     finally:
         if extra_loss is not None:
             torch.set_flush_denormal(False)
