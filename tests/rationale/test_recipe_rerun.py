@@ -10,14 +10,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_PY = r"""#!/usr/bin/env bash
 # fake `python -m hardkuma_attention.rationale train ... --out DIR --name NAME`
-out=""; name=""
+out=""; name=""; resume=""
 while [ $# -gt 0 ]; do
-  case "$1" in --out) out="$2"; shift ;; --name) name="$2"; shift ;; esac
+  case "$1" in --out) out="$2"; shift ;; --name) name="$2"; shift ;; --resume) resume="+resume" ;; esac
   shift
 done
-echo "$name" >> "$CALLS"
-[ "$name" = "${FAIL_NAME:-}" ] && { echo "boom" >&2; exit 3; }
-mkdir -p "$out" && echo '{}' > "$out/results.json"
+echo "$name$resume" >> "$CALLS"
+mkdir -p "$out"
+[ "$name" = "${FAIL_NAME:-}" ] && { touch "$out/checkpoint_last.pt"; echo "boom" >&2; exit 3; }
+echo '{}' > "$out/results.json"
 """
 
 DRIVER = r"""
@@ -63,10 +64,14 @@ def test_other_arguments_stop_before_training_and_fresh_retrains(tmp_path):
     assert again.returncode == 0 and trained == []
 
 
-def test_failed_run_is_named_with_its_log_and_retried_next_time(tmp_path):
+def test_failed_run_is_named_with_its_log_and_resumed_next_time(tmp_path):
     failed, trained = _launch(tmp_path, FAIL_NAME="t_b")
     assert failed.returncode == 1 and trained == ["t_a", "t_b"]
     assert failed.stderr.strip().endswith(f"error: run b failed: see {tmp_path / 'out' / 'b.log'}")
     assert "boom" in (tmp_path / "out" / "b.log").read_text()
     rerun, trained = _launch(tmp_path)
-    assert rerun.returncode == 0 and trained == ["t_b"]  # a reused, the failed one trained again
+    # a reused; b (interrupted, with a checkpoint_last.pt) continues with --resume, its log appended
+    assert rerun.returncode == 0 and trained == ["t_b+resume"] and "resume b ->" in rerun.stdout
+    assert "boom" in (tmp_path / "out" / "b.log").read_text()
+    fresh, trained = _launch(tmp_path, FRESH="1")
+    assert trained == ["t_a", "t_b"]  # FRESH=1: from scratch, no --resume
