@@ -3,14 +3,16 @@
 Importing it registers the tasks, models, architectures and criteria of this project with fairseq
 (each subpackage registers its own on import).  Built on :mod:`hardkuma_attention`.
 
-torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, which fairseq checkpoints
-(argparse Namespaces, omegaconf configs) do not pass; the plugin sets
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (unless the user set it) so that fairseq-generate,
-fairseq-validate, ``--restore-file`` and loading from Python work.  Only load checkpoints you trust.
+fairseq checkpoints (argparse Namespaces, omegaconf configs) do not load with torch's
+``weights_only=True`` default (torch >= 2.6).  The plugin changes no environment variable and no
+torch default: it wraps fairseq's own checkpoint loader, ``checkpoint_utils.load_checkpoint_to_cpu``,
+so that full pickle is used inside that call only (:mod:`fairseq_plugins.checkpoints`);
+fairseq-generate, fairseq-validate, resume / ``--restore-file`` and
+:class:`~fairseq_plugins.nli.predict.NLIPredictor` load through it.  Only load checkpoints you trust.
 """
-import os
+from . import checkpoints
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+checkpoints.install()
 
 from . import common  # noqa: E402,F401
 from . import nli  # noqa: E402,F401

@@ -46,10 +46,18 @@ so ``lambda`` and ``m`` stay bit-identical across ranks.  A rank with no data pa
 (or ``den = 0``): it contributes zeros but still joins the collective, so nothing hangs; when the
 global denominator is 0 the state is left unchanged.  Without a multi-rank group nothing is
 communicated and the update is exactly the single-process rule above.
+
+Guards: a non-finite ``target`` (or one outside ``valid_range`` when given, e.g. ``(0, 1)`` for a
+rate) is refused at construction.  A non-finite measured (or observed) value never reaches the
+state: in training mode the update is skipped (multiplier, moving average and ``num_updates``
+unchanged), counted in ``skipped_updates`` (not saved) and reported once by a ``RuntimeWarning``;
+the returned penalty is then non-finite too, so the caller's loss shows it.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+import warnings
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -76,6 +84,7 @@ class LagrangianConstraint(nn.Module):
         process_group: the ``torch.distributed`` group whose ranks share the constraint (None:
             the default group when ``torch.distributed`` is initialised); see the module docstring.
             Not saved in ``state_dict``.
+        valid_range: optional ``(low, high)`` the target must lie in (e.g. ``(0, 1)`` for a rate).
     """
 
     def __init__(
@@ -89,8 +98,13 @@ class LagrangianConstraint(nn.Module):
         equality: bool = False,
         damping: float = 0.0,
         process_group: Optional[Any] = None,
+        valid_range: Optional[Tuple[float, float]] = None,
     ):
         super().__init__()
+        if not math.isfinite(target):
+            raise ValueError(f"target must be finite, got target={target}")
+        if valid_range is not None and not valid_range[0] <= target <= valid_range[1]:
+            raise ValueError(f"target must be in [{valid_range[0]}, {valid_range[1]}], got target={target}")
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got damping={damping}")
         if not 0.0 <= alpha < 1.0:
@@ -113,6 +127,7 @@ class LagrangianConstraint(nn.Module):
         self.register_buffer("lagrange_multiplier", torch.tensor(float(lambda_init), dtype=torch.float32))
         self.register_buffer("moving_average", torch.tensor(0.0, dtype=torch.float32))
         self.register_buffer("num_updates", torch.tensor(0, dtype=torch.long))
+        self.skipped_updates = 0  # training-mode calls with a non-finite measured / observed value
 
     def extra_repr(self) -> str:
         return (
@@ -131,6 +146,16 @@ class LagrangianConstraint(nn.Module):
             if new.dtype != torch.float32:
                 self._buffers[name] = old.to(device=new.device)
         return self
+
+    def _accept(self, c_obs: torch.Tensor) -> bool:
+        """False (counted, warned once) when the tracked constraint value is not finite."""
+        if bool(torch.isfinite(c_obs)):
+            return True
+        self.skipped_updates += 1
+        if self.skipped_updates == 1:
+            warnings.warn("LagrangianConstraint: non-finite measured value; multiplier update skipped "
+                          "(counted in skipped_updates)", RuntimeWarning, stacklevel=3)
+        return False
 
     @property
     def multiplier(self) -> float:
@@ -211,7 +236,11 @@ class LagrangianConstraint(nn.Module):
 
     @torch.no_grad()
     def _update(self, c_obs: torch.Tensor, apply: Optional[torch.Tensor] = None) -> None:
-        """One step of the moving average and the multiplier; only where ``apply`` (if given)."""
+        """One step of the moving average and the multiplier; only where ``apply`` (if given).
+        A non-finite ``c_obs`` skips the step (:meth:`_accept`); under ``torch.distributed`` it is
+        the all-reduced value, so every rank skips alike."""
+        if not self._accept(c_obs):
+            return
         m = self.alpha * self.moving_average + (1 - self.alpha) * c_obs
         if self.equality:
             lam = (self.lagrange_multiplier + self.lr * m).clamp(-self.lambda_max, self.lambda_max)

@@ -20,21 +20,56 @@ HARDKUMA_CONTROLLER="--equality --lambda-init 0 --ab-map sigmoid --ab-clamp 0.1 
 
 # launch_runs PREFIX NAME...: train each named run of the associative array RUNS (extra arguments)
 # on top of the array COMMON, PARALLEL at a time, one torch thread each, into OUT/NAME (log in
-# OUT/NAME.log, run name PREFIX_NAME); waits for all of them.  Uses PY, OUT, PARALLEL.
+# OUT/NAME.log, run name PREFIX_NAME, arguments recorded in OUT/NAME.args); waits for all of them.
+# Uses PY, OUT, PARALLEL, FRESH.
+# Rerun: a finished run (OUT/NAME/results.json) with the same arguments is reused, not trained
+# again; a run recorded with other arguments stops everything before any training (FRESH=1
+# retrains it; or choose another OUT); an interrupted run continues from its checkpoint_last.pt
+# (`train --resume`, bit-identical to an uninterrupted run); a run without OUT/NAME.args or without
+# a checkpoint is trained again from scratch.  FRESH=1 retrains every named run.  Returns non-zero, naming each
+# failed run and its log, when a run did not write its results.json.
 launch_runs() {
-  local prefix="$1" name
+  local prefix="$1" name args fresh="${FRESH:-0}" failed=0
   shift
+  local -A want=() resume=()
+  local todo=()
   for name in "$@"; do
     [ -n "${RUNS[$name]+x}" ] || { echo "unknown run $name (known: ${!RUNS[*]})" >&2; return 1; }
+    # shellcheck disable=SC2086
+    want[$name]="$(printf '%s\n' "${COMMON[@]}" ${RUNS[$name]} --name "${prefix}_$name")"
+    if [ "$fresh" != 1 ] && [ -f "$OUT/$name.args" ] && [ "$(cat "$OUT/$name.args")" != "${want[$name]}" ]; then
+      echo "error: $OUT/$name was trained with other arguments (FRESH=1 retrains it; or set OUT to another folder):" >&2
+      diff <(cat "$OUT/$name.args") <(printf '%s\n' "${want[$name]}") | grep '^[<>]' | head -n 6 >&2 || true
+      return 2
+    fi
   done
   for name in "$@"; do
+    if [ "$fresh" != 1 ] && [ -f "$OUT/$name.args" ] && [ -f "$OUT/$name/results.json" ]; then
+      echo "reuse $name: $OUT/$name/results.json (finished with the same arguments; FRESH=1 retrains)"
+    else
+      todo+=("$name")
+    fi
+  done
+  for name in "${todo[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
-    echo "start $name -> $OUT/$name ($(date -u +%H:%M:%S))"
+    resume[$name]=""
+    if [ "$fresh" != 1 ] && [ -f "$OUT/$name.args" ] && [ -f "$OUT/$name/checkpoint_last.pt" ]; then
+      resume[$name]="--resume"
+      echo "resume $name -> $OUT/$name ($(date -u +%H:%M:%S); log appended to $OUT/$name.log)"
+    else
+      rm -rf "${OUT:?}/$name" "$OUT/$name.args" "$OUT/$name.log"
+      printf '%s\n' "${want[$name]}" > "$OUT/$name.args"
+      echo "start $name -> $OUT/$name ($(date -u +%H:%M:%S))"
+    fi
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=1 $PY -m hardkuma_attention.rationale train "${COMMON[@]}" ${RUNS[$name]} \
-      --out "$OUT/$name" --name "${prefix}_$name" > "$OUT/$name.log" 2>&1 &
+      --out "$OUT/$name" --name "${prefix}_$name" ${resume[$name]} >> "$OUT/$name.log" 2>&1 &
   done
   wait
+  for name in "${todo[@]}"; do
+    [ -f "$OUT/$name/results.json" ] || { echo "error: run $name failed: see $OUT/$name.log" >&2; failed=1; }
+  done
+  return "$failed"
 }
 
 # require_data DIR PATH...: stop with a message naming the first PATH missing under DIR.

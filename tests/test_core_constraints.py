@@ -184,3 +184,40 @@ def test_proxy_lagrangian_meets_the_target_on_the_observed_quantity():
     expected, decoded = _gates_under_constraint(proxy=True)
     assert decoded == pytest.approx(0.3, abs=0.021)  # 50 gates: steps of 0.02
     assert expected > 0.32
+
+
+@pytest.mark.parametrize("target", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_target_is_refused(target):
+    with pytest.raises(ValueError, match="target must be finite"):
+        LagrangianConstraint(target)
+
+
+def test_target_outside_the_valid_range_is_refused():
+    with pytest.raises(ValueError, match=r"target must be in \[0.0, 1.0\], got target=1.5"):
+        LagrangianConstraint(1.5, valid_range=(0.0, 1.0))
+    assert LagrangianConstraint(1.0, valid_range=(0.0, 1.0)).target == 1.0
+    assert LagrangianConstraint(1.5).target == 1.5  # no range given: any finite target
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["measured", "observed"])
+def test_non_finite_value_never_reaches_the_state(bad, where):
+    c = LagrangianConstraint(0.1, alpha=0.5, lr=0.5, lambda_init=0.2, equality=True)
+    c(torch.tensor(0.4))
+    before = {k: v.clone() for k, v in c.state_dict().items()}
+    x = torch.tensor(bad if where == "measured" else 0.3)
+    with pytest.warns(RuntimeWarning, match="non-finite measured value"):
+        pen = c(x, observed=bad) if where == "observed" else c(x)
+    assert not torch.isfinite(pen) or where == "observed"
+    for k, v in c.state_dict().items():
+        assert torch.equal(v, before[k]), k  # multiplier, moving average, num_updates unchanged
+    assert c.skipped_updates == 1
+    c(torch.tensor(0.4))  # finite values update again, from the clean state
+    assert int(c.num_updates) == 2 and math.isfinite(c.multiplier) and math.isfinite(float(c.moving_average))
+    assert c.skipped_updates == 1 and "skipped_updates" not in c.state_dict()
+
+
+def test_non_finite_in_eval_mode_changes_nothing_and_is_not_counted():
+    c = LagrangianConstraint(0.1).eval()
+    c(torch.tensor(float("nan")))
+    assert c.skipped_updates == 0 and int(c.num_updates) == 0

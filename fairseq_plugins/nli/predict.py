@@ -37,7 +37,7 @@ class NLIPredictor:
     def from_checkpoint(cls, checkpoint: str, data_dir: str) -> "NLIPredictor":
         """Load ``checkpoint`` (a fairseq ``checkpoint_*.pt`` of the ``nli`` task); ``data_dir`` is
         the binarised data directory holding ``dict.input0.txt`` and ``dict.label.txt``."""
-        import fairseq_plugins  # noqa: F401  (registers the task/model; sets the torch.load fix)
+        import fairseq_plugins  # noqa: F401  (registers the task/model; wraps fairseq's checkpoint loader)
         from fairseq import checkpoint_utils
 
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..rationale.cli import add_debug_flag, ranged, run_command
+from ..rationale.extras import require
 from ..rationale.io import write_json
 
 __all__ = ["build_parser", "main"]
@@ -106,18 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decoy-digits", help="RRR on scikit-learn digits with a decoy corner patch")
     d.add_argument("--out", required=True, help="output folder (decoy_digits.json)")
     d.add_argument("--png", default=None, help="PNG of image masks of the plain and the RRR model")
-    d.add_argument("--patch", type=int, nargs="+", default=[2], help="decoy patch side(s) (default 2)")
+    d.add_argument("--patch", type=ranged(int, 1), nargs="+", default=[2], help="decoy patch side(s) (default 2)")
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    d.add_argument("--epochs", type=int, default=60)
-    d.add_argument("--lr", type=float, default=3e-3)
-    d.add_argument("--lambda1", type=float, default=None, help="RRR weight (default: auto x --lambda1-scale)")
-    d.add_argument("--lambda1-scale", type=float, default=0.01,
+    d.add_argument("--epochs", type=ranged(int, 1), default=60)
+    d.add_argument("--lr", type=ranged(float, 0, None, True), default=3e-3)
+    d.add_argument("--lambda1", type=ranged(float, 0), default=None, help="RRR weight (default: auto x --lambda1-scale)")
+    d.add_argument("--lambda1-scale", type=ranged(float, 0, None, True), default=0.01,
                    help="multiplies the auto λ1 (CE / penalty at init); 1 over-regularises here (default 0.01)")
-    d.add_argument("--lambda2", type=float, default=1e-4, help="L2 weight on the parameters")
-    d.add_argument("--mask-examples", type=int, default=6, help="images shown in the PNG")
-    d.add_argument("--mask-stat-examples", type=int, default=200,
+    d.add_argument("--lambda2", type=ranged(float, 0), default=1e-4, help="L2 weight on the parameters")
+    d.add_argument("--mask-examples", type=ranged(int, 0), default=6, help="images shown in the PNG")
+    d.add_argument("--mask-stat-examples", type=ranged(int, 0), default=200,
                    help="training images explained by mask optimisation for the mask-on-patch statistic")
-    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--threads", type=ranged(int, 1), default=1)
 
     try:
         from .text import add_mask_parser
@@ -128,14 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     from .rrr_text import add_rrr_eval_parser
 
     add_rrr_eval_parser(sub)
+    add_debug_flag(*sub.choices.values())
     return parser
+
+
+def _requirements(args) -> List[str]:
+    """Modules of the ``explain`` extra that ``args.command`` needs: scikit-learn (the digits data)
+    and matplotlib for ``decoy-digits --png``; ``mask`` and ``rrr-eval`` need the core only."""
+    if args.command == "decoy-digits":
+        return ["sklearn"] + (["matplotlib"] if args.png and args.mask_examples > 0 else [])
+    return []
+
+
+def _checked(command):
+    def run(args) -> int:
+        require(_requirements(args), "explain", f"explain {args.command}")
+        return command(args)
+    return run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "decoy-digits":
-        return cmd_decoy_digits(args)
-    return args.func(args)
+    command = cmd_decoy_digits if args.command == "decoy-digits" else args.func
+    return run_command(f"hardkuma-rationale explain {args.command}", _checked(command), args)
 
 
 if __name__ == "__main__":  # pragma: no cover

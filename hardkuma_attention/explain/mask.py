@@ -55,6 +55,7 @@ from torch import nn
 
 from ..constraints import LagrangianConstraint
 from ..distributions import DEFAULT_SUPPORT, HardKumaraswamy
+from ..rationale.extras import progress as progress_bar
 
 __all__ = [
     "MaskConfig",
@@ -340,7 +341,8 @@ def optimise_masks(model: ClassifierFn, emb: torch.Tensor, valid: torch.Tensor,
         # would couple the inputs of a batch.
         constraints = nn.ModuleList(
             LagrangianConstraint(config.l0_target, alpha=config.lagrange_alpha, lr=config.lagrange_lr,
-                                 lambda_init=config.lambda_init, lambda_max=10.0) for _ in range(bsz)
+                                 lambda_init=config.lambda_init, lambda_max=10.0, valid_range=(0.0, 1.0))
+            for _ in range(bsz)
         ).to(device)
     optim = torch.optim.Adam(params, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -362,11 +364,7 @@ def optimise_masks(model: ClassifierFn, emb: torch.Tensor, valid: torch.Tensor,
     ema = None
     best_change_steps = torch.zeros(bsz, dtype=torch.long, device=device)
     steps = 0
-    iterator = range(config.max_steps)
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, desc="mask", leave=False)
-    for step in iterator:
+    for step in progress_bar(range(config.max_steps), progress, desc="mask"):
         steps = step + 1
         m, size_pen = current_mask(sample=True)
         m = _force(m, config, gen)

@@ -279,17 +279,19 @@ def cmd_rrr_eval(args) -> int:
 
 
 def add_rrr_eval_parser(sub) -> None:
+    from ..rationale.cli import ranged
+
     e = sub.add_parser("rrr-eval", help="accuracy and input-gradient mass inside human rationales of text classifiers")
     e.add_argument("--models", nargs="+", required=True,
                    help="NAME=model.pt (from hardkuma-rationale train --gate none [--rrr]); NAME_s<seed> runs are averaged")
     e.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
     e.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
-    e.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the model's)")
-    e.add_argument("--fraction", type=float, default=None,
+    e.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
+    e.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
                    help="top fraction of input×gradient tokens kept (default: human rate of the data)")
-    e.add_argument("--limit", type=int, default=0, help="first N examples only")
-    e.add_argument("--batch-size", type=int, default=50)
-    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
+    e.add_argument("--batch-size", type=ranged(int, 1), default=50)
+    e.add_argument("--threads", type=ranged(int, 1), default=1)
     e.add_argument("--no-progress", dest="progress", action="store_false")
     e.add_argument("--out", required=True, help="output folder (rrr_eval.json)")
     e.set_defaults(func=cmd_rrr_eval)

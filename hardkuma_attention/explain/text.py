@@ -35,13 +35,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..rationale.data import mask_to_spans, read_examples
+from ..rationale.extras import progress as progress_bar
 from ..rationale.highlight import write_html
 from ..rationale.metrics import faithfulness, iou_f1, token_prf
 from ..rationale.models import top_fraction
 from ..rationale.train import Pipeline, load_pipeline
 from .mask import MaskConfig, optimise_masks
 
-__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
+__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
 
 METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients", "occlusion")
 OCCLUSION_MODES = ("remove", "baseline")
@@ -144,12 +145,35 @@ def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: t
     return scores.detach() * valid.to(scores.dtype)
 
 
-def auprc(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[bool]]) -> float:
-    """Mean per-text average precision of ``scores`` against the human mask (texts with a
-    non-empty human rationale only)."""
-    from sklearn.metrics import average_precision_score
+def average_precision(scores: Sequence[float], gold: Sequence[bool]) -> float:
+    r"""Average precision of the ranking ``scores`` against the binary ``gold`` (scikit-learn's
+    ``average_precision_score``, without the dependency):
 
-    vals = [average_precision_score(list(g), list(s)) for s, g in zip(scores, golds) if any(g) and not all(g)]
+        AP = Σ_k (R_k - R_{k-1}) P_k
+
+    over the distinct score thresholds ``t_1 > t_2 > ...``; ``P_k`` / ``R_k`` are the precision /
+    recall of the tokens scoring ``>= t_k`` (tied tokens enter together).  ``gold`` needs a
+    positive."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    positives = sum(1 for g in gold if g)
+    if positives == 0:
+        raise ValueError("average precision needs at least one gold token")
+    ap, tp, seen, prev_recall = 0.0, 0, 0, 0.0
+    for rank, i in enumerate(order):
+        tp += bool(gold[i])
+        seen += 1
+        if rank + 1 < len(order) and scores[order[rank + 1]] == scores[i]:
+            continue  # a tie: the threshold takes every tied token at once
+        recall = tp / positives
+        ap += (recall - prev_recall) * tp / seen
+        prev_recall = recall
+    return ap
+
+
+def auprc(scores: Sequence[Sequence[float]], golds: Sequence[Sequence[bool]]) -> float:
+    """Mean per-text :func:`average_precision` of ``scores`` against the human mask (texts with a
+    human rationale that is neither empty nor the whole text only)."""
+    vals = [average_precision(list(s), list(g)) for s, g in zip(scores, golds) if any(g) and not all(g)]
     return sum(vals) / max(len(vals), 1)
 
 
@@ -191,11 +215,7 @@ def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fract
         preds, golds, soft, faith = [], [], [], {"comprehensiveness": [], "sufficiency": [],
                                                  "aopc_comprehensiveness": [], "aopc_sufficiency": []}
         correct = 0
-        it = batches
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(batches, desc=method, leave=False)
-        for b in it:
+        for b in progress_bar(batches, progress, desc=method):
             with torch.no_grad():
                 logits = classifier_fn(pipeline)(pipeline.model.embed(b.tokens), b.mask)
             target = logits.argmax(-1)
@@ -301,27 +321,29 @@ def cmd_mask(args) -> int:
 
 
 def add_mask_parser(sub) -> None:
+    from ..rationale.cli import ranged
+
     m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
     m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
     m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
     m.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
-    m.add_argument("--max-length", type=int, default=None, help="tokens kept (default: the model's)")
+    m.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
     m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     m.add_argument("--rationale-model", default=None,
                    help="also evaluate this select-then-predict model.pt (its own rationales and classifier)")
-    m.add_argument("--fraction", type=float, default=None,
+    m.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
                    help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
-    m.add_argument("--limit", type=int, default=0, help="first N examples only")
-    m.add_argument("--batch-size", type=int, default=50)
-    m.add_argument("--max-steps", type=int, default=900, help="mask optimisation steps (convergence stop)")
-    m.add_argument("--l0-target", type=float, default=0.1, help="mask-hardkuma: expected-L0 target")
-    m.add_argument("--lagrange-lr", type=float, default=0.05)
-    m.add_argument("--occlusion-window", type=int, default=1, help="occlusion: tokens per window (default 1)")
+    m.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
+    m.add_argument("--batch-size", type=ranged(int, 1), default=50)
+    m.add_argument("--max-steps", type=ranged(int, 1), default=900, help="mask optimisation steps (convergence stop)")
+    m.add_argument("--l0-target", type=ranged(float, 0, 1), default=0.1, help="mask-hardkuma: expected-L0 target")
+    m.add_argument("--lagrange-lr", type=ranged(float, 0, None, True), default=0.05)
+    m.add_argument("--occlusion-window", type=ranged(int, 1), default=1, help="occlusion: tokens per window (default 1)")
     m.add_argument("--occlusion-mode", default="remove", choices=OCCLUSION_MODES,
                    help="occlusion: remove the window's tokens (default) or replace them by the padding embedding")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--html-examples", type=int, default=30)
+    m.add_argument("--threads", type=ranged(int, 1), default=1)
+    m.add_argument("--html-examples", type=ranged(int, 0), default=30)
     m.add_argument("--no-progress", dest="progress", action="store_false")
     m.add_argument("--out", required=True, help="output folder")
     m.set_defaults(func=cmd_mask)

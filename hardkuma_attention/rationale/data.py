@@ -25,7 +25,10 @@ reader                          format
                                 ``rationale`` with spans ``"0:3 5:7"`` and ``id``) then one row a line.
 =============================  =====================================================================
 
-Malformed input raises :class:`DataFormatError` whose message starts with ``file:line``.
+Malformed input (including bytes that are not UTF-8) raises :class:`DataFormatError` whose message
+starts with ``file:line``; each example's ``meta["line"]`` is its line in the file.  Span offsets must
+be integers (:func:`span_bound`); empty ERASER evidence spans (``start_token == end_token``) are
+skipped and counted in ``meta["empty_evidence_spans"]``.
 :func:`read_examples` dispatches on a format name (the CLI's ``--format``).
 Rationale spans are token offsets, ``[start, end)``, as in ERASER.
 """
@@ -33,8 +36,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -53,6 +58,8 @@ __all__ = [
     "read_tsv",
     "spans_to_mask",
     "mask_to_spans",
+    "span_bound",
+    "text_lines",
 ]
 
 Label = Union[int, float, str]
@@ -60,11 +67,12 @@ PathLike = Union[str, os.PathLike]
 
 
 class DataFormatError(ValueError):
-    """Malformed input; the message starts with ``path:line:``."""
+    """Malformed input; the message starts with ``path:line:`` (``path:`` when the problem is the
+    whole file, ``line=None``)."""
 
-    def __init__(self, path: PathLike, line: int, message: str):
+    def __init__(self, path: PathLike, line: Optional[int], message: str):
         self.path, self.line = str(path), line
-        super().__init__(f"{path}:{line}: {message}")
+        super().__init__(f"{path}:{line}: {message}" if line is not None else f"{path}: {message}")
 
 
 @dataclass
@@ -90,6 +98,20 @@ class Example:
         return len(self.tokens)
 
 
+def span_bound(value) -> int:
+    """A span offset: an int, an integral float (``3.0``) or a string of digits; anything else
+    (``1.5``, ``True``, ``None``) raises ``ValueError`` (offsets are never truncated)."""
+    if isinstance(value, bool):
+        raise ValueError(f"span offsets must be integers, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"span offsets must be integers, got {value!r}")
+        return int(value)
+    if isinstance(value, (int, str)):
+        return int(value)
+    raise ValueError(f"span offsets must be integers, got {value!r}")
+
+
 def spans_to_mask(spans: Iterable[Sequence[int]], length: int) -> List[bool]:
     """``[[start, end), ...]`` token spans -> a bool mask of ``length`` (spans clipped to it)."""
     mask = [False] * length
@@ -113,22 +135,35 @@ def mask_to_spans(mask: Sequence[Union[bool, float]]) -> List[Tuple[int, int]]:
     return spans
 
 
-def _open_text(path: PathLike):
+def text_lines(path: PathLike, what: str = "data file") -> Iterator[Tuple[int, str]]:
+    """Every line of a UTF-8 text file (``.gz``: gzip-compressed) with its 1-based number, without
+    the line break.  A missing file raises ``FileNotFoundError`` ("no such <what>"); bytes that are
+    not UTF-8 or a broken gzip stream raise :class:`DataFormatError` naming ``path:line``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such data file: {path}")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, "r", encoding="utf-8")
+        raise FileNotFoundError(f"no such {what}: {path}")
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(path, lineno, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                                                        f"character {err.start + 1})") from None
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataFormatError(path, lineno + 1, f"cannot read the gzip stream ({err})") from None
+
+
+def _read_text(path: PathLike, what: str = "data file") -> str:
+    return "\n".join(line for _, line in text_lines(path, what))
 
 
 def _lines(path: PathLike) -> Iterator[Tuple[int, str]]:
     """Non-blank lines with their 1-based line number."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.strip():
-                yield lineno, line
+    for lineno, line in text_lines(path):
+        if line.strip():
+            yield lineno, line
 
 
 # ---------------------------------------------------------------------------------------- SST
@@ -223,15 +258,15 @@ def read_sst(path: PathLike, binary: bool = False) -> List[Example]:
             label = binary_sst_label(root)
             if label is None:
                 continue
-        examples.append(Example(tokens, label, id=f"{Path(path).name}:{lineno}", token_labels=leaf_labels))
+        examples.append(Example(tokens, label, id=f"{Path(path).name}:{lineno}", token_labels=leaf_labels,
+                                meta={"line": lineno}))
     return examples
 
 
 # ---------------------------------------------------------------------------------------- ERASER
 def read_eraser_document(path: PathLike) -> List[str]:
     """An ERASER document: whitespace-separated tokens (sentence breaks are newlines)."""
-    with _open_text(path) as f:
-        return f.read().split()
+    return _read_text(path, "ERASER document").split()
 
 
 def read_eraser(path: PathLike, docs_dir: Optional[PathLike] = None) -> List[Example]:
@@ -244,6 +279,7 @@ def read_eraser(path: PathLike, docs_dir: Optional[PathLike] = None) -> List[Exa
         raise FileNotFoundError(f"ERASER docs folder not found: {docs_dir} (needed by {path})")
     examples = []
     for lineno, record in _json_objects(path):
+        empty = 0
         for key in ("annotation_id", "classification"):
             if key not in record:
                 raise DataFormatError(path, lineno, f"missing field {key!r}")
@@ -262,9 +298,12 @@ def read_eraser(path: PathLike, docs_dir: Optional[PathLike] = None) -> List[Exa
                 try:
                     if ev.get("docid", docid) != docid:
                         continue
-                    start, end = int(ev["start_token"]), int(ev["end_token"])
+                    start, end = span_bound(ev["start_token"]), span_bound(ev["end_token"])
                 except (KeyError, TypeError, ValueError, AttributeError):
                     raise DataFormatError(path, lineno, f"evidence needs integer start_token/end_token: {ev!r}") from None
+                if start == end and 0 <= start <= len(tokens):
+                    empty += 1  # an empty evidence span (the official Movies test split has some): skipped
+                    continue
                 if not 0 <= start < end <= len(tokens):
                     raise DataFormatError(
                         path, lineno, f"evidence span [{start}, {end}) outside document {docid} ({len(tokens)} tokens)"
@@ -272,7 +311,7 @@ def read_eraser(path: PathLike, docs_dir: Optional[PathLike] = None) -> List[Exa
                 spans.append((start, end))
         examples.append(
             Example(tokens, record["classification"], id=str(record["annotation_id"]),
-                    rationale=spans_to_mask(spans, len(tokens)))
+                    rationale=spans_to_mask(spans, len(tokens)), meta={"line": lineno, "empty_evidence_spans": empty})
         )
     return examples
 
@@ -310,7 +349,8 @@ def read_beer(path: PathLike, aspect: Union[int, str] = 0) -> List[Example]:
         tokens = text.split()
         if not tokens:
             raise DataFormatError(path, lineno, "empty review text")
-        examples.append(Example(tokens, scores[idx], id=f"{Path(path).name}:{lineno}", meta={"scores": scores}))
+        examples.append(Example(tokens, scores[idx], id=f"{Path(path).name}:{lineno}",
+                                meta={"scores": scores, "line": lineno}))
     return examples
 
 
@@ -329,7 +369,7 @@ def read_beer_annotations(path: PathLike, aspect: Union[int, str] = 0) -> List[E
             raise DataFormatError(path, lineno, f"'y' must list at least {idx + 1} scores")
         spans = record.get(str(idx), [])
         try:
-            spans = [(int(s), int(e)) for s, e in spans]
+            spans = [(span_bound(s), span_bound(e)) for s, e in spans]
         except (TypeError, ValueError):
             raise DataFormatError(path, lineno, f"aspect {idx} spans must be [start, end] pairs") from None
         for s, e in spans:
@@ -337,7 +377,7 @@ def read_beer_annotations(path: PathLike, aspect: Union[int, str] = 0) -> List[E
                 raise DataFormatError(path, lineno, f"span [{s}, {e}) outside the review ({len(tokens)} tokens)")
         examples.append(
             Example(tokens, float(scores[idx]), id=f"{Path(path).name}:{lineno}",
-                    rationale=spans_to_mask(spans, len(tokens)), meta={"scores": scores})
+                    rationale=spans_to_mask(spans, len(tokens)), meta={"scores": scores, "line": lineno})
         )
     return examples
 
@@ -348,8 +388,11 @@ def _parse_spans_field(value, path, lineno) -> List[Tuple[int, int]]:
         return []
     try:
         if isinstance(value, str):
-            return [tuple(int(x) for x in item.split(":")) for item in value.split()]  # type: ignore[misc]
-        return [(int(s), int(e)) for s, e in value]
+            spans = [tuple(span_bound(x) for x in item.split(":")) for item in value.split()]
+            if any(len(sp) != 2 for sp in spans):
+                raise ValueError("spans are start:end")
+            return spans  # type: ignore[return-value]
+        return [(span_bound(s), span_bound(e)) for s, e in value]
     except (TypeError, ValueError):
         raise DataFormatError(path, lineno, f"rationale must be [start, end] pairs (or 's:e s:e'), got {value!r}") from None
 
@@ -377,7 +420,7 @@ def _generic_example(record: dict, path, lineno) -> Example:
                 raise DataFormatError(path, lineno, f"rationale span [{s}, {e}) outside the text ({len(tokens)} tokens)")
         rationale = spans_to_mask(spans, len(tokens))
     ex_id = str(record.get("id") or f"{Path(path).name}:{lineno}")
-    return Example(list(tokens), record["label"], id=ex_id, rationale=rationale)
+    return Example(list(tokens), record["label"], id=ex_id, rationale=rationale, meta={"line": lineno})
 
 
 def read_jsonl(path: PathLike) -> List[Example]:
@@ -390,8 +433,7 @@ def read_jsonl(path: PathLike) -> List[Example]:
 
 def read_tsv(path: PathLike) -> List[Example]:
     """Generic tsv with a header row naming ``text`` and ``label`` (optional ``rationale``, ``id``)."""
-    with _open_text(path) as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(_read_text(path)), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise DataFormatError(path, 1, "empty file (expected a header row with 'text' and 'label')")
     header = [h.strip() for h in rows[0]]

@@ -11,13 +11,12 @@ embedding file, so dev/test words covered by GloVe are not ``<unk>``.
 """
 from __future__ import annotations
 
-import gzip
-import os
 from collections import Counter
-from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+
+from .data import DataFormatError, text_lines
 
 __all__ = ["Vocab", "PAD", "UNK", "read_glove", "build_vocab", "load_embedding_matrix"]
 
@@ -52,38 +51,35 @@ class Vocab:
         return cls(state["itos"], state["lowercase"])
 
 
-def _open(path: Union[str, os.PathLike]):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"embeddings file not found: {path}")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def read_glove(path, words: Optional[set] = None) -> Tuple[List[str], torch.Tensor]:
     """Read a GloVe text file; keep only ``words`` when given.  Returns ``(words, (n, d) tensor)``.
 
-    Raises ``ValueError`` naming ``path:line`` for a row whose dimension differs from the first.
+    Raises :class:`~.data.DataFormatError` naming ``path:line`` for a row whose dimension differs
+    from the first, a non-numeric entry, a word2vec header line (``<count> <dim>``), bytes that are
+    not UTF-8 or a broken gzip stream; ``path:`` when the file holds no vector.
     """
     out_words, rows, dim = [], [], None
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip().split(" ")
-            if len(parts) < 2:
-                continue
-            if dim is None:
-                dim = len(parts) - 1
-            elif len(parts) - 1 != dim:
-                raise ValueError(f"{path}:{lineno}: expected {dim} values, got {len(parts) - 1}")
-            word = parts[0]
-            if words is not None and word not in words:
-                continue
-            try:
-                rows.append([float(x) for x in parts[1:]])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric vector entry") from None
-            out_words.append(word)
+    for lineno, line in text_lines(path, "embeddings file"):
+        parts = line.rstrip().split(" ")
+        if len(parts) < 2:
+            continue
+        if dim is None:
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                raise DataFormatError(path, lineno, f"a word2vec header ({line.strip()!r}), not a GloVe row: "
+                                                    "remove the first line (GloVe files have no header)")
+            dim = len(parts) - 1
+        elif len(parts) - 1 != dim:
+            raise DataFormatError(path, lineno, f"expected {dim} values (the first row's dimension), got {len(parts) - 1}")
+        word = parts[0]
+        if words is not None and word not in words:
+            continue
+        try:
+            rows.append([float(x) for x in parts[1:]])
+        except ValueError:
+            raise DataFormatError(path, lineno, "non-numeric vector entry") from None
+        out_words.append(word)
     if dim is None:
-        raise ValueError(f"{path}: no vectors found")
+        raise DataFormatError(path, None, "no vectors found (expected 'word v_1 ... v_d' rows)")
     return out_words, torch.tensor(rows, dtype=torch.float32).reshape(len(rows), dim)
 
 

@@ -159,7 +159,8 @@ class RationaleObjective(nn.Module):
         c = config
         lambda_init = c.lambda_init if c.lambda_init is not None else (0.0 if c.equality else 1e-3)
         kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=lambda_init,
-                      lambda_max=c.lambda_max, equality=c.equality, damping=c.lagrange_damping)
+                      lambda_max=c.lambda_max, equality=c.equality, damping=c.lagrange_damping,
+                      valid_range=(0.0, 1.0))  # both targets are rates
         self.selection_constraint = (
             LagrangianConstraint(c.selection, **kwargs) if gate == "hardkuma" and c.selection is not None else None
         )

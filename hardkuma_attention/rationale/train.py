@@ -9,7 +9,7 @@ Public pieces (reused by the CLI and by later tools built on these models):
   :func:`load_pipeline` (checkpoint = plain tensors, lists and dicts; loads with
   ``torch.load(weights_only=True)``);
 - :class:`TrainConfig` and :func:`train` — Adam, gradient clipping, periodic dev evaluation with
-  best-on-dev checkpointing, a wall-clock budget, tqdm progress bars.
+  best-on-dev checkpointing, a wall-clock budget, tqdm progress bars (when tqdm is installed).
 
 Best-on-dev: when the objective has a selection target ``s`` (``--selection`` or the Bernoulli
 ``--sparsity-target``), only evaluations whose dev selection rate is within ``tolerance`` of
@@ -33,12 +33,14 @@ import torch
 
 from .data import Example, mask_to_spans
 from .embeddings import Vocab
-from .io import atomic_output, write_json, write_jsonl
+from .extras import progress
+from .io import atomic_output, write_json, write_jsonl, write_text
 from .metrics import accuracy, faithfulness, iou_f1, mean_squared_error, token_prf
 from .models import ModelConfig, RationaleModel
 from .objectives import ObjectiveConfig, RationaleObjective
 
-__all__ = ["LabelMap", "Batch", "Pipeline", "TrainConfig", "train", "load_pipeline", "write_json", "write_jsonl"]
+__all__ = ["LabelMap", "Batch", "Pipeline", "TrainConfig", "train", "load_pipeline", "ModelFileError",
+           "TrainingInterrupted", "LAST_CHECKPOINT", "write_json", "write_jsonl"]
 
 CHECKPOINT_FORMAT = "hardkuma-rationale/1"
 
@@ -228,18 +230,49 @@ class Pipeline:
             torch.save(self.state(extra), tmp)
 
 
+class ModelFileError(ValueError):
+    """A file given as a model cannot be used as one; the message starts with the path."""
+
+
+def _torch_load_reason(err: Exception) -> str:
+    """A short reason for a failed ``torch.load`` (never torch's advice to disable safe loading)."""
+    import pickle
+
+    if isinstance(err, EOFError):
+        return "empty or truncated file"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain containers (another program's pickle?)"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "zip archive" in text or "central directory" in text:
+        return "corrupt or truncated file"
+    return f"{type(err).__name__}: {text}"[:200]
+
+
 def load_pipeline(path) -> Pipeline:
-    """Load a checkpoint written by :meth:`Pipeline.save`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :meth:`Pipeline.save` (``torch.load(weights_only=True)``).
+    A missing file raises ``FileNotFoundError``; an empty, corrupt or foreign file raises
+    :class:`ModelFileError` with one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # RuntimeError, EOFError, UnpicklingError, ... depending on the damage
+        raise ModelFileError(f"{path}: not a readable {CHECKPOINT_FORMAT} model ({_torch_load_reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    mcfg = ModelConfig(**state["model_config"])
-    model = RationaleModel(mcfg)
-    model.load_state_dict(state["model_state"])
-    objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
-    objective.load_state_dict(state["objective_state"])
+        raise ModelFileError(f"{path}: not a {CHECKPOINT_FORMAT} model (written by `hardkuma-rationale train`?)")
+    try:
+        mcfg = ModelConfig(**state["model_config"])
+        model = RationaleModel(mcfg)
+        model.load_state_dict(state["model_state"])
+        objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
+        objective.load_state_dict(state["objective_state"])
+        vocab, labels = Vocab.from_dict(state["vocab"]), LabelMap(state["labels"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path}: damaged {CHECKPOINT_FORMAT} model ({type(err).__name__}: {first[:160]})") from None
     model.eval(), objective.eval()
-    return Pipeline(model, objective, Vocab.from_dict(state["vocab"]), LabelMap(state["labels"]), state["max_length"])
+    return Pipeline(model, objective, vocab, labels, state.get("max_length"))
 
 
 @dataclass
@@ -289,98 +322,247 @@ def _checkpoint_key(metrics, score, target, tol, two_sided=False):
 
 ExtraLoss = Callable[[RationaleModel, "Batch"], Tuple[torch.Tensor, Dict[str, float]]]
 
+LAST_CHECKPOINT = "checkpoint_last.pt"
+LAST_FORMAT = "hardkuma-rationale-last/1"
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM arrived during :func:`train`; the state was saved to ``checkpoint_last.pt``."""
+
+
+@dataclass
+class _Progress:
+    """Everything of a training run that :func:`train` needs to continue it bit-identically."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
+    epoch_rng: Optional[tuple] = None  # the batch-order RNG's state at the start of ``epoch``
+    best_key: Optional[tuple] = None
+    best_metrics: Optional[dict] = None
+    best_step: int = 0
+    minutes: float = 0.0  # training wall clock before this invocation
+    history_lines: int = 0
+    running: Optional[dict] = None
+    finished: bool = False
+    out_of_time: bool = False
+
+
+def _settings(cfg: "TrainConfig", run: Optional[dict]) -> dict:
+    """What must not change between a run and its resumption (progress bars may)."""
+    return {**{k: v for k, v in asdict(cfg).items() if k != "progress"}, **(run or {})}
+
+
+def _save_last(path: Path, progress: _Progress, model, objective, optimizer, settings: dict) -> None:
+    """``checkpoint_last.pt``: model, objective (multipliers), optimiser, RNG states, counters,
+    best-so-far and the history length (atomic write; loads with ``weights_only=True``)."""
+    state = {"format": LAST_FORMAT, "progress": asdict(progress), "settings": settings,
+             "model_state": model.state_dict(), "objective_state": objective.state_dict(),
+             "optimizer_state": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_last(path: Path, model, objective, optimizer, now: dict) -> _Progress:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt / truncated file
+        raise ModelFileError(f"{path}: not a readable training checkpoint ({_torch_load_reason(err)})") from None
+    if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:
+        raise ModelFileError(f"{path}: not a {LAST_FORMAT} training checkpoint")
+    saved = state["settings"]
+    if saved != now:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                         if saved.get(k) != now.get(k))
+        raise ModelFileError(f"{path}: written with other settings ({diff[:300]}); resume with the same ones")
+    model.load_state_dict(state["model_state"])
+    objective.load_state_dict(state["objective_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    torch.set_rng_state(state["torch_rng"])
+    progress = _Progress(**state["progress"])
+    progress.epoch_rng = _as_tuple(progress.epoch_rng)
+    progress.best_key = tuple(progress.best_key) if progress.best_key is not None else None
+    return progress
+
+
+def _as_tuple(x):
+    """``random.Random.getstate()`` back from its saved form (lists where tuples were)."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _keep_history(path: Path, lines: int) -> None:
+    """Drop history lines written after the checkpoint (an evaluation repeated on resume)."""
+    kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if path.exists() else []
+    write_text(path, "".join(kept))
+
+
+class _SigtermFlag:
+    """While active, SIGTERM sets ``requested`` instead of killing the process (the trainer saves
+    ``checkpoint_last.pt`` after the current update and stops); the previous handler is restored
+    on exit.  Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _make_optimizer(model, cfg: "TrainConfig"):
+    params = [p for p in model.parameters() if p.requires_grad]
+    selector_ids = {id(p) for p in model.selector.parameters()} if model.selector is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in selector_ids]}]
+    if selector_ids:
+        groups.append({"params": [p for p in params if id(p) in selector_ids], "lr": cfg.selector_lr or cfg.lr})
+    return params, torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
 
 def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: Sequence[Example],
-          cfg: TrainConfig, out_dir, extra_loss: Optional[ExtraLoss] = None) -> dict:
+          cfg: TrainConfig, out_dir, extra_loss: Optional[ExtraLoss] = None, resume: bool = False,
+          run: Optional[dict] = None) -> dict:
     """Train ``pipeline`` in place; best-on-dev checkpoint at ``out_dir/model.pt``, one line per dev
     evaluation in ``out_dir/history.jsonl``.  Returns a summary dict (best dev metrics, timing).
+
+    After every dev evaluation (and on SIGTERM, after the current update) the whole training state
+    goes to ``out_dir/checkpoint_last.pt`` (:func:`_save_last`: model, objective, optimiser, torch
+    and batch-order RNG states, step, position in the epoch, best-so-far, history length).  With
+    ``resume=True`` training continues from it and gives bit-identically the model and history of
+    an uninterrupted run (only the wall-clock fields differ); ``run`` (plain values, e.g. the data and
+    model arguments) must then equal the saved one, as must ``cfg``.  SIGTERM raises
+    :class:`TrainingInterrupted` once the state is saved.
 
     ``extra_loss(model, batch) -> (term, stats)``: an optional loss term added to the objective's
     loss on every training batch (``batch.indices`` index ``train_examples``), e.g. the
     right-for-the-right-reasons input-gradient penalty of
     :class:`hardkuma_attention.explain.rrr_text.RRRTextPenalty`; its ``stats`` are logged with the
     objective's."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model, objective = pipeline.model, pipeline.objective
-    params = [p for p in model.parameters() if p.requires_grad]
-    selector_ids = {id(p) for p in model.selector.parameters()} if model.selector is not None else set()
-    groups = [{"params": [p for p in params if id(p) not in selector_ids]}]
-    if selector_ids:
-        groups.append({"params": [p for p in params if id(p) in selector_ids], "lr": cfg.selector_lr or cfg.lr})
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params, optimizer = _make_optimizer(model, cfg)
+    history_path, last_path = out_dir / "history.jsonl", out_dir / LAST_CHECKPOINT
+    if resume:
+        prog = _load_last(last_path, model, objective, optimizer, _settings(cfg, run))
+        _keep_history(history_path, prog.history_lines)
+    else:
+        prog = _Progress()
+        history_path.write_text("")
+    if not prog.finished:
+        with _SigtermFlag() as sigterm:
+            _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog, params, optimizer, rng,
+                        history_path, last_path, sigterm, _settings(cfg, run))
+    return {
+        "best_dev": prog.best_metrics,
+        "best_step": prog.best_step,
+        "steps": prog.step,
+        "epochs_started": prog.epoch,
+        "stopped_by_time_budget": prog.out_of_time,
+        "train_minutes": prog.minutes,
+    }
+
+
+def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _Progress, params, optimizer, rng,
+                history_path: Path, last_path: Path, sigterm: _SigtermFlag, settings: dict) -> None:
+    """The epochs of :func:`train` from ``prog`` on; updates ``prog`` in place."""
+    model, objective = pipeline.model, pipeline.objective
     encoded = pipeline.encode(train_examples)
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     eval_every = cfg.eval_every or steps_per_epoch
     target, two_sided = _selection_target(objective)
-    history_path = out_dir / "history.jsonl"
-    history_path.write_text("")
-    best_key, best_metrics, best_step = None, None, 0
-    start = time.time()
-    step = 0
-    running: Dict[str, float] = {}
-    out_of_time = False
+    start = time.time() - 60 * prog.minutes
+    running: Dict[str, float] = dict(prog.running or {})
 
-    def run_eval(epoch: int):
-        nonlocal best_key, best_metrics, best_step
+    def save_last():
+        prog.minutes, prog.running = (time.time() - start) / 60, dict(running)
+        _save_last(last_path, prog, model, objective, optimizer, settings)
+
+    def run_eval():
         metrics, _ = pipeline.evaluate(dev_examples, cfg.eval_batch_size)
-        metrics.update({"step": step, "epoch": epoch, "minutes": (time.time() - start) / 60})
+        metrics.update({"step": prog.step, "epoch": prog.epoch, "minutes": (time.time() - start) / 60})
         metrics.update({f"train_{k}": v / max(running.get("_n", 1), 1) for k, v in running.items() if k != "_n"})
         key = _checkpoint_key(metrics, pipeline.task_score(metrics), target, cfg.selection_tolerance, two_sided)
-        metrics["is_best"] = best_key is None or key > best_key
+        metrics["is_best"] = prog.best_key is None or key > prog.best_key
         if metrics["is_best"]:
-            best_key, best_metrics, best_step = key, dict(metrics), step
-            pipeline.save(out_dir / "model.pt", extra={"dev_metrics": metrics, "train_config": asdict(cfg)})
+            prog.best_key, prog.best_metrics, prog.best_step = key, dict(metrics), prog.step
+            pipeline.save(history_path.parent / "model.pt", extra={"dev_metrics": metrics, "train_config": asdict(cfg)})
         with open(history_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
+        prog.history_lines += 1
         running.clear()
         model.train(), objective.train()
+        save_last()
         return metrics
 
-    for epoch in range(1, cfg.epochs + 1):
+    while prog.epoch <= cfg.epochs:
         model.train(), objective.train()
-        bar = tqdm(pipeline.batches(train_examples, cfg.batch_size, shuffle=True, rng=rng, encoded=encoded),
-                   total=steps_per_epoch, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        if prog.batch_in_epoch == 0:
+            prog.epoch_rng = rng.getstate()
+        rng.setstate(prog.epoch_rng)
+        batches = pipeline.batches(train_examples, cfg.batch_size, shuffle=True, rng=rng, encoded=encoded)
+        for _ in range(prog.batch_in_epoch):  # resumed mid-epoch: the batches already trained on
+            next(batches)
+        bar = progress(batches, cfg.progress, total=steps_per_epoch - prog.batch_in_epoch, desc=f"epoch {prog.epoch}")
         for batch in bar:
-            out = model(batch.tokens, batch.mask)
-            loss, stats = objective(out, batch.targets)
-            if extra_loss is not None:
-                term, extra_stats = extra_loss(model, batch)
-                loss = loss + term
-                stats = {**stats, **extra_stats}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            step += 1
+            stats = _update(model, objective, optimizer, params, batch, cfg, extra_loss)
+            prog.step += 1
+            prog.batch_in_epoch += 1
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) + v
             running["_n"] = running.get("_n", 0) + 1
             bar.set_postfix(loss=f"{stats['task_loss']:.3f}", sel=f"{stats['selected']:.2f}")
             if cfg.max_minutes and (time.time() - start) / 60 > cfg.max_minutes:
-                out_of_time = True
+                prog.out_of_time = True
                 break
-            if step % eval_every == 0:
-                m = run_eval(epoch)
+            if prog.step % eval_every == 0:
+                m = run_eval()
                 bar.write(
-                    f"step {step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
+                    f"step {prog.step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
                     f"selected {m['selected']:.3f}{' *' if m['is_best'] else ''}"
                 )
+            if sigterm.requested:
+                bar.close()
+                save_last()
+                raise TrainingInterrupted(f"SIGTERM: stopped after update {prog.step}; the state is in {last_path}")
         bar.close()
-        if out_of_time:
+        if prog.out_of_time:
             if running:
-                run_eval(epoch)
+                run_eval()
             break
-    return {
-        "best_dev": best_metrics,
-        "best_step": best_step,
-        "steps": step,
-        "epochs_started": epoch,
-        "stopped_by_time_budget": out_of_time,
-        "train_minutes": (time.time() - start) / 60,
-    }
+        prog.epoch += 1
+        prog.batch_in_epoch = 0
+    prog.epoch = min(prog.epoch, cfg.epochs)
+    prog.finished = True
+    save_last()
+
+
+def _update(model, objective, optimizer, params, batch, cfg, extra_loss) -> Dict[str, float]:
+    """One optimiser step on ``batch``; the objective's (and ``extra_loss``'s) statistics."""
+    out = model(batch.tokens, batch.mask)
+    loss, stats = objective(out, batch.targets)
+    if extra_loss is not None:
+        term, extra_stats = extra_loss(model, batch)
+        loss = loss + term
+        stats = {**stats, **extra_stats}
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    return stats

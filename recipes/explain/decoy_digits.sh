@@ -8,6 +8,8 @@
 # SEEDS (default "0 1 2"), PATCH (default "2 3"), EXTRA (more arguments, e.g. "--lambda1-scale 0.1").
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/setup_env.sh"   # the project venv, as recipes/snli/run.sh (PYTHON overrides the interpreter)
 OUT="${OUT:-$ROOT/runs/explain/decoy_digits}"
 PNG="${PNG:-$ROOT/docs/explain/decoy_digits_masks.png}"
 SEEDS="${SEEDS:-0 1 2}"

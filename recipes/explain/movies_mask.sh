@@ -17,6 +17,8 @@
 # empty: none; each costs one classifier pass per window position, ~8 min for the 200 docs on one core).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/setup_env.sh"   # the project venv, as recipes/snli/run.sh (PYTHON overrides the interpreter)
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
 OUT="${OUT:-$ROOT/runs/explain/movies}"
 LIMIT="${LIMIT:-0}"
@@ -37,10 +39,15 @@ run() {  # name, methods... (a trailing --rationale-model PATH is passed through
   local name=$1; shift
   echo "start $name ($(date -u +%H:%M:%S))"
   OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain mask "${COMMON[@]}" --methods "$@" --out "$OUT/$name" \
-    > "$OUT/$name.log" 2>&1
+    > "$OUT/$name.log" 2>&1 || { echo "error: run $name failed: see $OUT/$name.log" >&2; return 1; }
 }
 if [ "$PARALLEL" -ge 2 ]; then
-  run sigmoid mask input-x-gradient integrated-gradients & run hardkuma mask-hardkuma "${RM[@]}" & wait
+  run sigmoid mask input-x-gradient integrated-gradients & pid_s=$!
+  run hardkuma mask-hardkuma "${RM[@]}" & pid_h=$!
+  status=0
+  wait "$pid_s" || status=1
+  wait "$pid_h" || status=1
+  [ "$status" = 0 ] || exit 1
 else
   run sigmoid mask input-x-gradient integrated-gradients; run hardkuma mask-hardkuma "${RM[@]}"
 fi

@@ -16,8 +16,12 @@
 # "sum per-dimension": the gradient summed over the embedding per token, and every embedding coordinate),
 # FRACTION (share of the annotated training reviews that get the penalty, default 0.5),
 # MAX_MINUTES (per run, default 20), MAX_LENGTH (default 400), EPOCHS (default 30).
+# Running it again retrains every model from scratch (each run folder is emptied first); a failed
+# run stops the recipe with exit status 1 naming its log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/setup_env.sh"   # the project venv, as recipes/snli/run.sh (PYTHON overrides the interpreter)
 # shellcheck disable=SC1091
 . "$ROOT/recipes/rationale_runs.sh"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"
@@ -39,13 +43,15 @@ COMMON=("${MOVIES_ARGS[@]}" --gate none)
 train() {  # name seed [extra args]
   local name=$1 seed=$2; shift 2
   echo "start $name seed $seed ($(date -u +%H:%M:%S))"
+  rm -rf "${OUT:?}/$name"
   OMP_NUM_THREADS=1 $PY -m hardkuma_attention.rationale train "${COMMON[@]}" --seed "$seed" "$@" \
-    --out "$OUT/$name" > "$OUT/$name.log" 2>&1
+    --out "$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "error: run $name failed: see $OUT/$name.log" >&2; return 1; }
   echo "done $name ($(date -u +%H:%M:%S))"
 }
 MODELS=()
 for seed in $SEEDS; do
-  train "plain_s$seed" "$seed" &
+  pids=()
+  train "plain_s$seed" "$seed" & pids+=($!)
   MODELS+=("plain_s$seed=$OUT/plain_s$seed/model.pt")
   for mode in $MODES; do
     case $mode in
@@ -53,10 +59,12 @@ for seed in $SEEDS; do
       per-dimension) name="rrr${SCALE}dim_s$seed"; extra=(--rrr-per-dimension) ;;
       *) echo "unknown RRR mode $mode (sum | per-dimension)" >&2; exit 1 ;;
     esac
-    train "$name" "$seed" --rrr --rrr-fraction "$FRACTION" --rrr-lambda1-scale "$SCALE" "${extra[@]}" &
+    train "$name" "$seed" --rrr --rrr-fraction "$FRACTION" --rrr-lambda1-scale "$SCALE" "${extra[@]}" & pids+=($!)
     MODELS+=("$name=$OUT/$name/model.pt")
   done
-  wait
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [ "$failed" = 0 ] || exit 1
 done
 OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain rrr-eval --data "$DATA_DIR/movies/val.jsonl" \
   --models "${MODELS[@]}" --out "$OUT" --no-progress

@@ -11,8 +11,12 @@
 # reviews average 770 tokens and a bi-LSTM over all of them does not fit a 15-minute CPU budget;
 # metrics compare against the human rationale inside the kept prefix).
 # Model selection uses 100 reviews held out of train.jsonl; the reported split is val.jsonl.
+# Rerun: finished runs with unchanged arguments are reused ("reuse NAME"); FRESH=1 retrains; a
+# failed run stops the recipe with exit status 1 naming its log (recipes/rationale_runs.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/setup_env.sh"   # the project venv, as recipes/snli/run.sh (PYTHON overrides the interpreter)
 # shellcheck disable=SC1091
 . "$ROOT/recipes/rationale_runs.sh"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"

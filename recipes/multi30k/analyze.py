@@ -17,7 +17,8 @@ r"""Look inside a trained Multi30k model: attention sparsity and a cross-attenti
         Works for softmax models too (0 % empty rows).
 
 Models are loaded with ``fairseq.checkpoint_utils`` after importing ``fairseq_plugins`` (which
-sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` so fairseq checkpoints load on torch >= 2.6).
+wraps fairseq's checkpoint loader so that fairseq checkpoints load on torch >= 2.6: full pickle
+inside that call only, see ``fairseq_plugins/checkpoints.py``).
 """
 from __future__ import annotations
 

@@ -33,13 +33,27 @@ def find_raw(raw_dir: Path, stem: str, lang: str) -> Path:
     raise FileNotFoundError(f"missing {raw_dir / (stem + '.' + lang)}[.gz] (Multi30k raw file)")
 
 
+class DataError(ValueError):
+    """Bad raw data; the message starts with ``file:line`` (or the file)."""
+
+
 def read_lines(path: Path) -> List[str]:
+    """The sentences of a raw file, one a line; an empty sentence, bytes that are not UTF-8 or a
+    broken gzip stream raise :class:`DataError` naming ``path:line``."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f]
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            raise ValueError(f"{path}:{i}: empty sentence")
+    lines = []
+    try:
+        with opener(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+                if not line.strip():
+                    raise DataError(f"{path}:{i}: empty sentence")
+                lines.append(line)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}:{len(lines) + 1}: cannot read the gzip stream ({e})") from None
     return lines
 
 
@@ -60,18 +74,25 @@ def moses_tokenize(lines: List[str], lang: str) -> List[str]:
     return [tok.tokenize(norm.normalize(line), escape=False, return_str=True) for line in lines]
 
 
-def prepare(raw_dir: Path, out_dir: Path, vocab_size: int, max_train: int, max_eval: int = 0) -> None:
-    import sentencepiece as spm
-
+def read_raw(raw_dir: Path, max_train: int = 0, max_eval: int = 0) -> dict:
+    """``{split: {lang: sentences}}`` of every split, read and checked (aligned line counts)."""
     texts = {}
     for split, stem in SPLITS.items():
         pair = [read_lines(find_raw(raw_dir, stem, lang)) for lang in LANGS]
         if len(pair[0]) != len(pair[1]):
-            raise ValueError(f"{raw_dir}/{stem}: {len(pair[0])} de lines but {len(pair[1])} en lines")
+            raise DataError(f"{raw_dir}/{stem}: {len(pair[0])} de lines but {len(pair[1])} en lines")
         limit = max_train if split == "train" else max_eval
         if limit > 0:
             pair = [p[:limit] for p in pair]
         texts[split] = dict(zip(LANGS, pair))
+    return texts
+
+
+def prepare(raw_dir: Path, out_dir: Path, vocab_size: int, max_train: int, max_eval: int = 0) -> None:
+    texts = read_raw(raw_dir, max_train, max_eval)  # every split checked before anything is written
+    import sentencepiece as spm
+
+    for split in SPLITS:
         for lang in LANGS:
             write_lines(out_dir / "raw" / f"{split}.{lang}", texts[split][lang])
     tokenized = {s: {l: moses_tokenize(texts[s][l], l) for l in LANGS} for s in SPLITS}
@@ -99,7 +120,7 @@ def detokenize(lines: Iterable[str], spm_model: Path, lang: str) -> List[str]:
     return [detok.detokenize(sp.decode_pieces(line.split()).split()) for line in lines]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
@@ -115,11 +136,16 @@ def main(argv=None) -> None:
     if args.cmd == "prepare":
         if not args.raw_dir.is_dir():
             parser.error(f"--raw-dir {args.raw_dir} is not a directory")
-        prepare(args.raw_dir, args.out_dir, args.vocab_size, args.max_train, args.max_eval)
+        try:
+            prepare(args.raw_dir, args.out_dir, args.vocab_size, args.max_train, args.max_eval)
+        except (DataError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         for line in detokenize((l.rstrip("\n") for l in sys.stdin), args.spm, args.lang):
             print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

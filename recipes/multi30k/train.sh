@@ -21,9 +21,13 @@
 # NPROC (1): N > 1 trains data-parallel with N processes on this machine (torchrun --standalone
 #      --nproc_per_node N -m fairseq_plugins.launch; gloo on CPU); MAX_TOKENS is per process, so one
 #      update sees about N x MAX_TOKENS tokens; keep N x THREADS <= the cores.
+# Rerun in the same SAVE_DIR (recipes/fairseq_runs.sh): same settings and budget -> the finished
+# model is reused (fairseq-train not started); a larger MAX_UPDATE / STOP_HOURS or an interrupted
+# run -> resumes checkpoint_last.pt (train.log is appended to); other settings -> error naming
+# the folder.  FRESH=1 trains from scratch.
 # Always passes --required-batch-size-multiple 1 (else this fairseq silently drops the last
-# partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins sets
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.
+# partial batch).  Checkpoints load on torch >= 2.6 because fairseq_plugins wraps fairseq's
+# checkpoint loader (fairseq_plugins/checkpoints.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 ATTENTION="${1:?usage: train.sh softmax|hardkuma|hardkuma_all [SAVE_DIR] [fairseq args...]}"
@@ -49,20 +53,26 @@ if [[ "$NPROC" -gt 1 ]]; then
   TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" -m fairseq_plugins.launch)
 fi
 
-mkdir -p "$SAVE_DIR"
-"${TRAIN[@]}" "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" \
-  --task translation --source-lang de --target-lang en \
-  --arch "${ARCH:-transformer_hardkuma_small}" --share-all-embeddings \
-  "${ATTN_ARGS[@]}" --hardkuma-normalize "${NORMALIZE:-softmax}" \
-  --criterion label_smoothed_cross_entropy_l0 --label-smoothing 0.1 \
-  --l0-lagrange-lr "${L0_LR:-0.05}" --l0-lagrange-alpha "${L0_ALPHA:-0.9}" \
-  --l0-lambda-init "${L0_LAMBDA_INIT:-5e-3}" --l0-lambda-max "${L0_LAMBDA_MAX:-0.1}" \
-  --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${LR:-1e-3}" \
-  --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-200}" --weight-decay 0.0001 \
-  --max-tokens "${MAX_TOKENS:-1024}" --required-batch-size-multiple 1 \
-  --max-update "${MAX_UPDATE:-6000}" --stop-time-hours "${STOP_HOURS:-3}" --seed "${SEED:-1}" \
-  --num-workers 0 --cpu --log-format simple --log-interval "${LOG_INTERVAL:-50}" \
-  --no-epoch-checkpoints --keep-last-epochs 1 --save-dir "$SAVE_DIR" \
-  --tensorboard-logdir '' \
-  "$@" 2>&1 | grep --line-buffered -v tensorboardX | tee "$SAVE_DIR/train.log"
-exit "${PIPESTATUS[0]}"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/fairseq_runs.sh"
+args=("$DATA_BIN" --user-dir "$ROOT/fairseq_plugins"
+  --task translation --source-lang de --target-lang en
+  --arch "${ARCH:-transformer_hardkuma_small}" --share-all-embeddings
+  "${ATTN_ARGS[@]}" --hardkuma-normalize "${NORMALIZE:-softmax}"
+  --criterion label_smoothed_cross_entropy_l0 --label-smoothing 0.1
+  --l0-lagrange-lr "${L0_LR:-0.05}" --l0-lagrange-alpha "${L0_ALPHA:-0.9}"
+  --l0-lambda-init "${L0_LAMBDA_INIT:-5e-3}" --l0-lambda-max "${L0_LAMBDA_MAX:-0.1}"
+  --optimizer adam --adam-betas '(0.9, 0.98)' --lr "${LR:-1e-3}"
+  --lr-scheduler inverse_sqrt --warmup-updates "${WARMUP:-200}" --weight-decay 0.0001
+  --max-tokens "${MAX_TOKENS:-1024}" --required-batch-size-multiple 1
+  --max-update "${MAX_UPDATE:-6000}" --stop-time-hours "${STOP_HOURS:-3}" --seed "${SEED:-1}"
+  --num-workers 0 --cpu --log-format simple --log-interval "${LOG_INTERVAL:-50}"
+  --no-epoch-checkpoints --keep-last-epochs 1 --save-dir "$SAVE_DIR"
+  --tensorboard-logdir ''
+  "$@")
+fairseq_run_begin "$SAVE_DIR" "${args[@]}" || exit 0  # finished before with these settings: reuse
+t0=$SECONDS
+"${TRAIN[@]}" "${args[@]}" 2>&1 | grep --line-buffered -v tensorboardX | tee -a "$SAVE_DIR/train.log"
+status="${PIPESTATUS[0]}"
+[ "$status" = 0 ] || exit "$status"
+fairseq_run_end "$SAVE_DIR" $(( SECONDS - t0 )) "" "${args[@]}"

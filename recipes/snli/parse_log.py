@@ -4,7 +4,8 @@
 ``parse_log.py validate LOG --split S``: print the ``accuracy= nonzero= pairs= split=`` line of a
 ``fairseq-validate`` log (pairs: the size of the split's label dataset, as fairseq loaded it).
 ``parse_log.py train LOG``: print ``words_per_s=<median over epochs of the epoch-average wps>
-best_valid_accuracy=<%> epochs=<n>`` of a ``fairseq-train`` log.
+best_valid_accuracy=<%> epochs=<n>`` of a ``fairseq-train`` log (resumed runs append to the same
+log: each epoch counts once).
 ``parse_log.py overlap LOG_A LOG_B``: ``words_per_s_a=.. words_per_s_b=.. ratio_b_over_a=.. intervals=n``
 where both are the median of the ``train_inner`` wps values logged while BOTH trainings were
 running (timestamps up to the earlier of the two last ``train_inner`` lines): two runs started
@@ -51,6 +52,23 @@ def overlap_wps(lines_a, lines_b):
     return statistics.median(wa), statistics.median(wb), min(len(wa), len(wb))
 
 
+def train_summary(lines):
+    """``(words_per_s, best_valid_accuracy, epochs)`` of a fairseq-train log: the median over
+    epochs of the epoch-average wps, the best dev accuracy logged, the number of finished epochs.
+    A log appended to by resumed runs counts each epoch once (its last summary line)."""
+    epochs = {}
+    for line in lines:
+        m = re.search(r"\| train \| epoch (\d+)", line)
+        if m:
+            epochs[int(m.group(1))] = metrics_of(line)
+    valids = [metrics_of(l) for l in lines if "valid on 'valid' subset" in l]
+    wps = [e["wps"] for e in epochs.values() if "wps" in e]
+    if not wps:
+        raise ValueError("no finished training epoch")
+    best = max((v["accuracy"] for v in valids if "accuracy" in v), default=float("nan"))
+    return statistics.median(wps), best, len(epochs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["validate", "train", "overlap"])
@@ -81,14 +99,12 @@ def main(argv=None) -> int:
         nz = f"{100 * m['nz']:.2f}" if "nz" in m else "100.00"  # softmax: every cell is non-zero
         print(f"accuracy={m['accuracy']:.2f} nonzero={nz} pairs={pairs} split={args.split}")
         return 0
-    epochs = [metrics_of(l) for l in lines if re.search(r"\| train \| epoch \d+", l)]
-    valids = [metrics_of(l) for l in lines if "valid on 'valid' subset" in l]
-    if not epochs:
-        print(f"error: {args.log}: no finished training epoch", file=sys.stderr)
+    try:
+        wps, best, n = train_summary(lines)
+    except ValueError as e:
+        print(f"error: {args.log}: {e}", file=sys.stderr)
         return 2
-    wps = statistics.median(e["wps"] for e in epochs if "wps" in e)
-    best = max((v["accuracy"] for v in valids if "accuracy" in v), default=float("nan"))
-    print(f"words_per_s={wps:.0f} best_valid_accuracy={best:.2f} epochs={len(epochs)}")
+    print(f"words_per_s={wps:.0f} best_valid_accuracy={best:.2f} epochs={n}")
     return 0
 
 

@@ -48,11 +48,15 @@ def read_nli_jsonl(path: str | os.PathLike) -> Iterator[Tuple[List[str], List[st
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at character {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -78,8 +82,8 @@ def _write_atomic(path: Path, lines: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
-def prepare_split(files: Sequence[str], out: Path, split: str, max_examples: int = 0, seed: int = 1) -> Dict[str, int]:
-    """Read ``files`` (concatenated), optionally subsample, write the split; return label counts."""
+def read_split(files: Sequence[str], split: str, max_examples: int = 0, seed: int = 1) -> List[Tuple]:
+    """Read and check ``files`` (concatenated), optionally subsample; the rows of the split."""
     rows = [r for f in files for r in read_nli_jsonl(f)]
     if max_examples and max_examples < len(rows):
         rng = random.Random(seed)
@@ -88,6 +92,16 @@ def prepare_split(files: Sequence[str], out: Path, split: str, max_examples: int
         rows = [rows[i] for i in sorted(order[:max_examples])]
     if not rows:
         raise DataError(f"{', '.join(map(str, files))}: no labelled examples for split {split!r}")
+    return rows
+
+
+def prepare_split(files: Sequence[str], out: Path, split: str, max_examples: int = 0, seed: int = 1) -> Dict[str, int]:
+    """Read ``files`` (concatenated), optionally subsample, write the split; return label counts."""
+    return write_split(read_split(files, split, max_examples, seed), out, split)
+
+
+def write_split(rows: Sequence[Tuple], out: Path, split: str) -> Dict[str, int]:
+    """Write ``OUT/{split}.{input0,input1,label}`` (each atomically); return label counts."""
     out.mkdir(parents=True, exist_ok=True)
     # An empty sentence would be an empty line, which fairseq-preprocess keeps as a 0-token row.
     _write_atomic(out / f"{split}.input0", [" ".join(p) for p, _, _ in rows])
@@ -103,9 +117,18 @@ def _pairs(values: Sequence[str], name: str) -> Dict[str, str]:
     out = {}
     for v in values or ():
         if "=" not in v:
-            raise SystemExit(f"error: {name} expects split=value, got {v!r}")
+            raise DataError(f"{name}: expects split=value, got {v!r}")
         k, val = v.split("=", 1)
         out[k] = val
+    return out
+
+
+def _limits(values: Sequence[str]) -> Dict[str, int]:
+    out = {}
+    for k, v in _pairs(values, "--max-examples").items():
+        if not v.isdigit():
+            raise DataError(f"--max-examples: {k}={v}: expected a count >= 0")
+        out[k] = int(v)
     return out
 
 
@@ -118,11 +141,13 @@ def main(argv=None) -> int:
                    help="split=N: keep N examples of that split (seeded shuffle; 0 = all)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    splits = _pairs(args.split, "--split")
-    limits = {k: int(v) for k, v in _pairs(args.max_examples, "--max-examples").items()}
     try:
-        for split, files in splits.items():
-            counts = prepare_split(files.split(","), Path(args.out), split, limits.get(split, 0), args.seed)
+        splits = _pairs(args.split, "--split")
+        limits = _limits(args.max_examples)
+        # every split is read and checked before any file is written
+        rows = {split: read_split(files.split(","), split, limits.get(split, 0), args.seed) for split, files in splits.items()}
+        for split in splits:
+            counts = write_split(rows[split], Path(args.out), split)
             total = sum(counts.values())
             print(f"[prepare] {split}: {total} pairs {counts} -> {args.out}/{split}.{{input0,input1,label}}")
     except DataError as e:

@@ -14,7 +14,14 @@
 #   SEED          1
 #   HARDKUMA_ARGS ""                 extra fairseq-train args of the HardKuma model only,
 #                                    e.g. "--hardkuma-attend-mlp shared" or "--attention-normalize sum"
+#   FRESH         0                  1: retrain both models from scratch (see below)
 # Train on a reduced training set: report the numbers as such, never as "SNLI" results.
+#
+# Running it again in the same SNLI_WORK with the same settings reuses the finished models (no
+# training; recipes/fairseq_runs.sh), re-evaluates them and prints the same table (summary.py);
+# an interrupted training resumes from checkpoint_last.pt; a larger MAX_EPOCH / MAX_UPDATE
+# continues the finished runs; other settings stop with an error naming the folder.  FRESH=1
+# retrains from scratch in the same folder; another SNLI_WORK keeps both runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck disable=SC1091
@@ -29,8 +36,8 @@ recipes/snli/prepare.sh "$@"
 recipes/snli/preprocess.sh
 
 echo "[run] training softmax and hardkuma (MAX_EPOCH=$MAX_EPOCH${MAX_UPDATE:+, MAX_UPDATE=$MAX_UPDATE}, seed $SEED); logs in $SNLI_WORK/{softmax,hardkuma}/train.log"
-t0=$(date +%s)
-if [ "${PARALLEL:-1}" = 1 ]; then
+export PARALLEL="${PARALLEL:-1}"
+if [ "$PARALLEL" = 1 ]; then
     THREADS=1 SAVE_DIR="$SNLI_WORK/softmax" recipes/snli/train.sh softmax > /dev/null & pid_s=$!
     THREADS=1 SAVE_DIR="$SNLI_WORK/hardkuma" recipes/snli/train.sh hardkuma ${HARDKUMA_ARGS:-} > /dev/null & pid_h=$!
     status=0
@@ -41,40 +48,14 @@ else
     SAVE_DIR="$SNLI_WORK/softmax" recipes/snli/train.sh softmax > /dev/null
     SAVE_DIR="$SNLI_WORK/hardkuma" recipes/snli/train.sh hardkuma ${HARDKUMA_ARGS:-} > /dev/null
 fi
-train_s=$(( $(date +%s) - t0 ))
 
-declare -A acc nz wps
 for att in softmax hardkuma; do
     line="$(recipes/snli/evaluate.sh "$SNLI_WORK/$att/checkpoint_best.pt" valid)"
     echo "[run] $att: $line"
-    acc[$att]="$(sed -n 's/.*accuracy=\([^ ]*\).*/\1/p' <<< "$line")"
-    nz[$att]="$(sed -n 's/.*nonzero=\([^ ]*\).*/\1/p' <<< "$line")"
-    wps[$att]=$(python recipes/snli/parse_log.py train "$SNLI_WORK/$att/train.log" | sed 's/ .*//; s/.*=//')
+    echo "$line" > "$SNLI_WORK/$att/eval.valid.txt.tmp" && mv "$SNLI_WORK/$att/eval.valid.txt.tmp" "$SNLI_WORK/$att/eval.valid.txt"
 done
-if [ "${PARALLEL:-1}" = 1 ]; then
-    # Compare speeds only over the window where both trainings ran (same load for both).
-    if both="$(python recipes/snli/parse_log.py overlap "$SNLI_WORK/softmax/train.log" "$SNLI_WORK/hardkuma/train.log")"; then
-        wps[softmax]="$(sed -n 's/.*words_per_s_a=\([^ ]*\).*/\1/p' <<< "$both")"
-        wps[hardkuma]="$(sed -n 's/.*words_per_s_b=\([^ ]*\).*/\1/p' <<< "$both")"
-    fi
-fi
 python recipes/snli/heatmap.py "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \
     --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-0}" --out "$SNLI_WORK/heatmap.png" > "$SNLI_WORK/heatmap.log" 2>&1 \
     || { cat "$SNLI_WORK/heatmap.log" >&2; snli_die "heatmap.py failed"; }
-
-ntrain=$(wc -l < "$SNLI_TEXT/train.label"); ndev=$(wc -l < "$SNLI_TEXT/valid.label")
-ratio=$(python -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "${wps[hardkuma]}" "${wps[softmax]}")
-summary="$SNLI_WORK/summary.md"
-{
-    echo "Reduced training set: $ntrain SNLI train pairs, evaluated on SNLI dev ($ndev pairs); seed $SEED, $MAX_EPOCH epochs max; training took ${train_s}s wall (PARALLEL=${PARALLEL:-1}); HARDKUMA_ARGS='${HARDKUMA_ARGS:-}'."
-    echo
-    echo "| attention | dev accuracy (%) | non-zero attention cells (%) | training words/s (median of log intervals$([ "${PARALLEL:-1}" = 1 ] && echo ", both running")) |"
-    echo "|---|---|---|---|"
-    echo "| softmax | ${acc[softmax]} | ${nz[softmax]} | ${wps[softmax]} |"
-    echo "| hardkuma | ${acc[hardkuma]} | ${nz[hardkuma]} | ${wps[hardkuma]} |"
-    echo
-    echo "words/s ratio hardkuma/softmax: $ratio; heatmap: $SNLI_WORK/heatmap.png"
-} > "$summary.tmp"
-mv "$summary.tmp" "$summary"
-cat "$summary"
+python recipes/snli/summary.py "$SNLI_WORK" --seed "$SEED" --max-epoch "$MAX_EPOCH" --hardkuma-args "${HARDKUMA_ARGS:-}"
 echo "[run] done in $(( $(date +%s) - start ))s"

@@ -13,8 +13,12 @@
 #   (torchrun --standalone --nproc_per_node N -m fairseq_plugins.launch; gloo on CPU); BATCH_SIZE is
 #   per process, so one update sees N x BATCH_SIZE pairs; keep N x THREADS <= the cores.
 # The log goes to $SAVE_DIR/train.log; the best checkpoint (dev accuracy) to $SAVE_DIR/checkpoint_best.pt.
+# Rerun in the same SAVE_DIR (recipes/fairseq_runs.sh): same settings and budget -> the finished model
+# is reused (nothing trained); a larger budget or an interrupted run -> resumes checkpoint_last.pt;
+# other settings -> error.  FRESH=1 trains from scratch.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+. "$(dirname "$0")/../fairseq_runs.sh"
 snli_activate
 attention="${1:-}"; shift || true
 case "$attention" in
@@ -38,18 +42,21 @@ if [ -n "$glove" ] && [ "$glove" != none ]; then
 else
     emb=(--embed-dim "${EMBED_DIM:-300}")
 fi
-mkdir -p "$save"
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+args=("$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins"
+    --task nli --arch "$arch" --criterion nli_cross_entropy "${extra[@]}" "${emb[@]}"
+    --dropout "${DROPOUT:-0.2}"
+    --optimizer adam --lr "${LR:-0.001}" --batch-size "${BATCH_SIZE:-32}" --required-batch-size-multiple 1
+    --max-epoch "${MAX_EPOCH:-10}" --max-update "${MAX_UPDATE:-0}" --seed "${SEED:-1}"
+    --cpu --num-workers 0 --save-dir "$save" --no-epoch-checkpoints
+    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric
+    --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@")
+fairseq_run_begin "$save" "${args[@]}" || exit 0  # finished before with these settings: reuse
+t0=$SECONDS
 train=(fairseq-train)
 if [ "$nproc" -gt 1 ]; then train=(torchrun --standalone --nproc_per_node "$nproc" -m fairseq_plugins.launch); fi
-"${train[@]}" "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" \
-    --task nli --arch "$arch" --criterion nli_cross_entropy "${extra[@]}" "${emb[@]}" \
-    --dropout "${DROPOUT:-0.2}" \
-    --optimizer adam --lr "${LR:-0.001}" --batch-size "${BATCH_SIZE:-32}" --required-batch-size-multiple 1 \
-    --max-epoch "${MAX_EPOCH:-10}" --max-update "${MAX_UPDATE:-0}" --seed "${SEED:-1}" \
-    --cpu --num-workers 0 --save-dir "$save" --no-epoch-checkpoints \
-    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
-    --log-format simple --log-interval "${LOG_INTERVAL:-100}" "$@" 2>&1 \
+"${train[@]}" "${args[@]}" 2>&1 \
     | grep --line-buffered -v -e tensorboardX -e Warning -e "super().__init__" -e "autocast(" \
-    | tee "$save/train.log"
+    | tee -a "$save/train.log"
 test "${PIPESTATUS[0]}" -eq 0
+fairseq_run_end "$save" $(( SECONDS - t0 )) "parallel=${PARALLEL:-0}" "${args[@]}"

@@ -8,8 +8,14 @@
 # and glove/glove.6B.50d.filtered.txt.gz), OUT (default runs/sst), PARALLEL (default 3),
 # MAX_MINUTES (training budget per run, default 14), EPOCHS (default 30), SEED (default 1).
 # Each run uses one torch thread (OMP_NUM_THREADS=1) and writes OUT/<name>/results.json.
+# Running it again reuses every finished run whose arguments are unchanged (prints "reuse NAME")
+# and redraws the plot; FRESH=1 retrains the named runs; runs with changed arguments stop the recipe
+# before any training (recipes/rationale_runs.sh: launch_runs).  Exit status 1 when a run fails
+# (named with its log), 2 for changed arguments.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck disable=SC1091
+. "$ROOT/recipes/setup_env.sh"   # the project venv, as recipes/snli/run.sh (PYTHON overrides the interpreter)
 # shellcheck disable=SC1091
 . "$ROOT/recipes/rationale_runs.sh"
 DATA_DIR="${DATA_DIR:-$ROOT/../shared/data}"

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from hardkuma_attention.explain.text import METHODS, aopc, auprc, evaluate_methods, method_label, token_scores
+from hardkuma_attention.explain.text import METHODS, aopc, auprc, average_precision, evaluate_methods, method_label, token_scores
 from hardkuma_attention.rationale import Example, ModelConfig, ObjectiveConfig, Pipeline, RationaleModel, RationaleObjective
 from hardkuma_attention.rationale.embeddings import PAD, UNK, Vocab
 from hardkuma_attention.rationale.train import LabelMap
@@ -31,6 +31,24 @@ def examples():
 def test_auprc_by_hand():
     # ranking 0.9 (gold), 0.5 (not), 0.1 (gold): AP = (1/1 + 2/3) / 2
     assert auprc([[0.9, 0.5, 0.1]], [[True, False, True]]) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_average_precision_matches_scikit_learn_with_ties():
+    metrics = pytest.importorskip("sklearn.metrics")
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 5, 17, 40):
+        for _ in range(20):
+            gold = (torch.rand(n, generator=gen) < 0.3).tolist()
+            gold[int(torch.randint(n, (1,), generator=gen))] = True
+            scores = torch.randint(0, 4, (n,), generator=gen).float().tolist()  # many ties
+            assert average_precision(scores, gold) == pytest.approx(metrics.average_precision_score(gold, scores))
+
+
+def test_average_precision_by_hand_with_a_tie():
+    # threshold 0.9 takes both tied tokens (one gold): P = 1/2, R = 1/2; then 0.1: P = 2/3, R = 1
+    assert average_precision([0.9, 0.9, 0.1], [True, False, True]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    with pytest.raises(ValueError, match="at least one gold"):
+        average_precision([0.3, 0.2], [False, False])
 
 
 def test_aopc_is_mean_over_fractions():

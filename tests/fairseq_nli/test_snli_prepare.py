@@ -59,3 +59,30 @@ def test_bad_rows_name_file_and_line(tmp_path, line, message):
 def test_missing_file_is_an_error_with_exit_code(tmp_path, capsys):
     rc = prep.main(["--out", str(tmp_path), "--split", f"train={tmp_path}/nope.jsonl"])
     assert rc == 2 and "nope.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_all_splits_are_checked_before_any_file_is_written(tmp_path, capsys):
+    good, bad = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    good.write_text(_row("A dog.", "An animal.", "entailment") + "\n")
+    bad.write_text(_row("a", "b", "neutral") + "\n{not json\n")
+    out = tmp_path / "out"
+    rc = prep.main(["--out", str(out), "--split", f"train={good}", "--split", f"valid={bad}"])
+    assert rc == 2 and capsys.readouterr().err.strip() == f"error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes)"
+    assert not out.exists()  # the good train split was not written either
+
+
+def test_non_utf8_input_names_file_and_line(tmp_path, capsys):
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(_row("a", "b", "neutral").encode() + b"\n" + b'{"sentence1": "caf\xe9"}\n')
+    rc = prep.main(["--out", str(tmp_path / "out"), "--split", f"train={src}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {src}:2: not UTF-8 text (byte 0xe9") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "train"], "--split: expects split=value, got 'train'"),
+    (["--split", "train=x.jsonl", "--max-examples", "train=-3"], "--max-examples: train=-3: expected a count >= 0"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    assert prep.main(["--out", str(tmp_path / "out")] + argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

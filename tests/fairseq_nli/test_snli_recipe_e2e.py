@@ -1,7 +1,8 @@
 """End-to-end smoke test of the SNLI recipe scripts on a few hundred real pairs.
 
 Runs the real ``recipes/snli/run.sh`` (prepare -> preprocess -> train softmax and hardkuma ->
-evaluate -> heatmap) for a few updates, then resumes the HardKuma run from checkpoint_last.pt and
+evaluate -> heatmap) for a few updates, runs it again (issue #18: the finished models are reused and
+the same table printed), then resumes the HardKuma run from checkpoint_last.pt and
 checks that the Lagrangian multiplier state came back.  About 8 fairseq CLI calls.
 """
 import os
@@ -49,6 +50,14 @@ def test_run_sh_end_to_end_then_resume(tmp_path):
     work = tmp_path / "snli"
     assert len((work / "text/train.label").read_text().splitlines()) == 300
     assert (work / "heatmap.png").stat().st_size > 1000
+
+    # Issue #18: the same command again reuses both finished models and prints the same table.
+    logs = {att: (work / att / "train.log").read_text() for att in ("softmax", "hardkuma")}
+    again = _run(["bash", "recipes/snli/run.sh", str(SNLI)], env)
+    table = re.findall(r"^\|.*\|$|^words/s ratio.*$|^Reduced training set.*$", out, flags=re.M)
+    assert len(table) == 6 and table == re.findall(r"^\|.*\|$|^words/s ratio.*$|^Reduced training set.*$", again, flags=re.M)
+    assert logs == {att: (work / att / "train.log").read_text() for att in logs}  # fairseq-train did not run
+    assert (work / "summary.md").read_text().splitlines()[-1] == table[-1]
 
     # Resume the HardKuma run: the multiplier state must come back from checkpoint_last.pt.
     ckpt = work / "hardkuma/checkpoint_last.pt"

@@ -57,11 +57,15 @@ def test_predict_prints_highlight(trained, capsys):
     assert "w3" in lines[0] and len(out_jsonl.read_text().splitlines()) == 2
 
 
-def test_evaluate_and_plot(trained, tmp_path):
+def test_evaluate(trained, tmp_path):
     assert main(["evaluate", "--model", str(trained / "run" / "model.pt"), "--format", "jsonl",
                  "--data", str(trained / "dev.jsonl"), "--out-dir", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == 60 and "token_f1" in metrics
+
+
+def test_plot(trained, tmp_path):
+    pytest.importorskip("matplotlib")
     png = tmp_path / "plot.png"
     assert main(["plot", str(trained / "run" / "results.json"), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
