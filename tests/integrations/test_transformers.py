@@ -293,3 +293,22 @@ def test_trainer_checkpoint_saves_and_restores_the_multiplier(tmp_path):
     assert int(c2.num_updates) == 4
     assert torch.equal(c2.lagrange_multiplier, c.lagrange_multiplier)
     assert torch.equal(c2.moving_average, c.moving_average)
+
+
+def test_readme_section_examples_run():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Hugging Face and convert", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    hf, plain = {}, {}
+    exec(compile(blocks[0], "README.md", "exec"), hf)
+    exec(compile(blocks[1], "README.md", "exec"), plain)
+    assert hf["model"].config._attn_implementation == "hardkuma"
+    assert hf["model"].config.hardkuma["parameterization"] == "split"
+    from hardkuma_attention import HardKumaAttention
+
+    # nn.Transformer's defaults: 6 encoder layers (self) + 6 decoder layers (self + cross)
+    assert sum(isinstance(m, HardKumaAttention) for m in plain["model"].modules()) == 18
