@@ -205,3 +205,16 @@ def test_fairseq_conversion_refuses_bad_input(fairseq_dicts, tmp_path, capsys):
     assert not (tmp_path / "out.pt").exists()
     assert main([src, src]) == 2 and "exists" in capsys.readouterr().err
     assert main([src, str(tmp_path / "o2.pt"), "--hardkuma-support-left", "0.5"]) == 2
+
+
+def test_core_import_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, hardkuma_attention\n"
+            "from hardkuma_attention import convert\n"
+            "import hardkuma_attention.integrations\n"
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in ('transformers', 'fairseq')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

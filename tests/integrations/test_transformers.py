@@ -135,15 +135,24 @@ def test_padding_gets_exactly_zero_weight_and_no_nan(name, train):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bart", "t5"])
 def test_generate_with_cache_equals_without_cache(name):
+    """Greedy decoding in eval mode, a padded batch (left padding for decoder-only models, one
+    prompt with a single real token)."""
     model, _ = make(name)
     model.eval()
-    g = torch.Generator().manual_seed(2)
-    prompt = torch.randint(3, V, (2, 5), generator=g)
-    kw = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(3, V, (3, 6), generator=g)
+    mask = torch.ones_like(prompt)
+    if name in ("gpt2", "llama"):
+        mask[1, :2] = 0
+        mask[2, :5] = 0
+    else:
+        mask[1, 4:] = 0
+    prompt = prompt.masked_fill(mask == 0, 0)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, attention_mask=mask)
     with torch.no_grad():
-        with_cache = model.generate(prompt, attention_mask=torch.ones_like(prompt), use_cache=True, **kw)
-        without = model.generate(prompt, attention_mask=torch.ones_like(prompt), use_cache=False, **kw)
-    assert with_cache.shape[-1] >= 6 and torch.equal(with_cache, without)
+        with_cache = model.generate(prompt, use_cache=True, **kw)
+        without = model.generate(prompt, use_cache=False, **kw)
+    assert with_cache.shape[-1] >= 7 and torch.equal(with_cache, without)
 
 
 def test_pretrained_parameterization_starts_from_the_model_scores():
@@ -178,7 +187,7 @@ def test_pretrained_parameterization_starts_from_the_model_scores():
 
 
 def test_options_float_masks_and_errors():
-    model, _ = make("bert")
+    model, calls = make("bert", impl="sdpa")  # configure() switches an existing model
     with pytest.raises(ValueError, match="normalize"):
         hk.configure(model, normalize="max")
     with pytest.raises(ValueError, match="unknown"):
@@ -187,8 +196,9 @@ def test_options_float_masks_and_errors():
     assert model.config.hardkuma["normalize"] == "sum" and model.config._attn_implementation == "hardkuma"
     model.eval()
     x = inputs(model)
-    with torch.no_grad():
+    with torch.no_grad(), collect_attention_stats() as st:
         w = model(**x, output_attentions=True).attentions[0]
+    assert len(st.items) == calls
     sums = w.sum(-1)
     assert torch.allclose(sums[sums > 0], torch.ones(()).expand_as(sums[sums > 0]), atol=1e-5)
     # a float additive mask in place of the bool one: same result
