@@ -83,22 +83,15 @@ def hide_broken_torchaudio() -> bool:
 
 hide_broken_torchaudio()
 
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 from transformers.modeling_utils import AttentionInterface  # noqa: E402
+# set while transformers' output-capturing hooks record attention weights (output_attentions)
+from transformers.utils.output_capturing import _active_collector  # noqa: E402
 
 from ..attention import MASKED_SCORE  # noqa: E402
-from ..constraints import LagrangianConstraint
-from ..distributions import DEFAULT_SUPPORT
-from ..functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
-
-try:  # transformers >= 4.53
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-except ImportError:  # pragma: no cover - older versions: masks come from the model code
-    AttentionMaskInterface = None
-    sdpa_mask = None
-try:  # transformers >= 4.56 records attention weights by hooks while this collector is set
-    from transformers.utils.output_capturing import _active_collector
-except ImportError:  # pragma: no cover
-    _active_collector = None
+from ..constraints import LagrangianConstraint  # noqa: E402
+from ..distributions import DEFAULT_SUPPORT  # noqa: E402
+from ..functional import NORMALIZE_MODES, scaled_dot_product_hardkuma  # noqa: E402
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -279,15 +272,14 @@ def _weights_requested(kwargs) -> bool:
     down in ``kwargs`` or requested from transformers' output-capturing hooks."""
     if kwargs.get("output_attentions"):
         return True
-    collected = _active_collector.get() if _active_collector is not None else None
+    collected = _active_collector.get()
     return bool(collected) and any(k.endswith("attentions") for k in collected)
 
 
 def register() -> None:
     """Register ``"hardkuma"`` in transformers' attention (and mask) interfaces; idempotent."""
     AttentionInterface.register(ATTN_IMPLEMENTATION, hardkuma_attention_forward)
-    if AttentionMaskInterface is not None:
-        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, hardkuma_mask)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, hardkuma_mask)
 
 
 register()
