@@ -196,6 +196,8 @@ def main(argv=None):
     else:
         trainer = tf.Trainer(**common)
     last = tf.trainer_utils.get_last_checkpoint(str(out))
+    if last is not None:
+        print(f"[train] resuming from {last}", flush=True)
     t0 = time.time()
     trainer.train(resume_from_checkpoint=last)
     train_s = time.time() - t0
