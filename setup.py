@@ -14,6 +14,9 @@ EXTRAS = {
     "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece==0.2.3", "sacremoses==0.2.0"],
     "rationale": ["tqdm>=4.60", "matplotlib>=3.7"],
     # captum: only the test that checks our occlusion scores against captum's Occlusion
+    # Hugging Face backend (hardkuma_attention.integrations.transformers), tested with 5.24.0;
+    # accelerate: transformers.Trainer (HardKumaTrainer) needs it
+    "transformers": ["transformers>=5.24,<5.25", "accelerate>=1.1,<2"],
     "explain": ["tqdm>=4.60", "matplotlib>=3.7", "scikit-learn>=1.3", "captum>=0.8,<0.10"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

@@ -5,6 +5,7 @@ Variables".  This package never imports fairseq; see ``fairseq_plugins`` for tha
 """
 from .attention import HardKumaAttention
 from .constraints import LagrangianConstraint
+from .convert import convert
 from .distributions import DEFAULT_SUPPORT, HardKuma, HardKumaraswamy, Kumaraswamy
 from .functional import (
     expected_l0,
