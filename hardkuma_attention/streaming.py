@@ -584,7 +584,7 @@ def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Pl
     l_all = torch.ones(lead + (plan.T, 1), dtype=c, device=dev) if norm else None
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # l0 sum, non-zero, cells
     for t0, t1, ks in plan.tiles:
-        acc = out[:, t0:t1]
+        acc = torch.zeros(N, t1 - t0, v.shape[-1], dtype=c, device=dev)  # contiguous: baddbmm_ in place
         rows = lead + (t1 - t0, 1)
         l = torch.zeros(rows, dtype=c, device=dev) if norm else None
         m = torch.full(rows, float("-inf"), dtype=c, device=dev) if softmax else None
@@ -615,6 +615,7 @@ def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Pl
         if norm:
             l_all[..., t0:t1, :] = l
             acc.div_(torch.where(l > 0, l, 1.0).view(N, -1, 1))
+        out[:, t0:t1] = acc
         if softmax and m_safe is not None:
             m_all[..., t0:t1, :] = m_safe
     return out.view(lead + (plan.T, v.shape[-1])), m_all, l_all, stats
@@ -626,6 +627,11 @@ def _add_tile(buf, t0: int, t1: int, s0: int, s1: int, g):
     view += g.sum_to_size(view.shape)
 
 
+def _cat_blocks(blocks, like):
+    """The per-key-block gradients side by side (zeros where no block was visited)."""
+    return torch.cat(blocks, dim=1) if blocks else torch.zeros_like(like)
+
+
 def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, needs):
     """Tiled backward; returns the gradients of ``(qa, ka, qb, kb, v)`` in the full broadcast lead
     shape and of ``bias`` in its (at least 2-D) shape, in the compute dtype."""
@@ -633,7 +639,10 @@ def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, n
     lo, hi, amin, amax, log_k0 = cfg.consts
     qa, ka, qb, kb, v, bias, valid = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
     lead, dev, c, N = tuple(plan.lead), qa.device, plan.dtype, qa.shape[0]
-    dqa, dka, dqb, dkb, dv = (torch.zeros_like(x) for x in (qa, ka, qb, kb, v))
+    dqa, dqb = torch.empty_like(qa), torch.empty_like(qb)
+    # per key block, contiguous (baddbmm_ accumulates in place only into contiguous tensors)
+    key_blocks = sorted({k for _, _, ks in plan.tiles for k in ks})
+    dk_blocks = {k: [qa.new_zeros(N, k[1] - k[0], x.shape[-1]) for x in (ka, kb, v)] for k in key_blocks}
     dbias = torch.zeros_like(bias) if bias is not None and needs[5] else None
     g_l0 = None if grad_l0 is None else grad_l0.to(c)
     norm = cfg.normalize != "none"
@@ -645,6 +654,7 @@ def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, n
         D = (g * out[:, t0:t1]).sum(-1).view(rows) if norm else None
         inv_l = 1.0 / torch.where(l_all[..., t0:t1, :] > 0, l_all[..., t0:t1, :], 1.0) if norm else None
         m = m_all[..., t0:t1, :] if m_all is not None else None
+        dqa_t, dqb_t = (qa.new_zeros(N, t1 - t0, x.shape[-1]) for x in (qa, qb))
         for s0, s1 in ks:
             vt = _tile_valid(valid, t0, t1, s0, s1, plan.causal_off, dev)
             if _closed(vt):
@@ -663,11 +673,14 @@ def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, n
                 _add_tile(dbias, t0, t1, s0, s1, dsa)
             shape = (N, t1 - t0, s1 - s0)
             dsa, dsb, wd = dsa.reshape(shape), dsb.reshape(shape), wd.reshape(shape)
-            dv[:, s0:s1].baddbmm_(wd.transpose(1, 2), g)
-            dqa[:, t0:t1].baddbmm_(dsa, ka[:, s0:s1])
-            dka[:, s0:s1].baddbmm_(dsa.transpose(1, 2), qa[:, t0:t1])
-            dqb[:, t0:t1].baddbmm_(dsb, kb[:, s0:s1])
-            dkb[:, s0:s1].baddbmm_(dsb.transpose(1, 2), qb[:, t0:t1])
+            dka_s, dkb_s, dv_s = dk_blocks[(s0, s1)]
+            dv_s.baddbmm_(wd.transpose(1, 2), g)
+            dqa_t.baddbmm_(dsa, ka[:, s0:s1])
+            dka_s.baddbmm_(dsa.transpose(1, 2), qa[:, t0:t1])
+            dqb_t.baddbmm_(dsb, kb[:, s0:s1])
+            dkb_s.baddbmm_(dsb.transpose(1, 2), qb[:, t0:t1])
+        dqa[:, t0:t1], dqb[:, t0:t1] = dqa_t, dqb_t
+    dka, dkb, dv = (_cat_blocks([dk_blocks[k][i] for k in key_blocks], x) for i, x in enumerate((ka, kb, v)))
     unflat = lambda x: x.view(lead + tuple(x.shape[-2:]))  # noqa: E731
     return unflat(dqa) * cfg.scale, unflat(dka), unflat(dqb) * cfg.scale, unflat(dkb), unflat(dv), dbias
 
