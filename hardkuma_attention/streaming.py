@@ -572,19 +572,24 @@ def _closed(vt) -> bool:
     return vt is not None and not bool(vt.any())
 
 
-def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Plan):
-    """Tiled forward: ``(out (N, T, dv), m, l, stats)`` (``m``, ``l``: row statistics, ``stats``:
-    l0 sum, non-zero count, allowed cells)."""
+def _acc(acc, a, b):
+    """``acc + a @ b`` in place (``a @ b`` when ``acc`` is None: no zero fill)."""
+    return torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
+
+
+def _stream_forward(prep, cfg: StreamConfig, plan: _Plan):
+    """Tiled forward from the prepared inputs (:func:`_prepare`): ``(out (N, T, dv), m, l, stats)``
+    (``m``, ``l``: row statistics, ``stats``: l0 sum, non-zero count, allowed cells)."""
     lo, hi, amin, amax, log_k0 = cfg.consts
-    qa, ka, qb, kb, v, bias, valid = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
+    qa, ka, qb, kb, v, bias, valid = prep
     lead, dev, c, N = tuple(plan.lead), qa.device, plan.dtype, qa.shape[0]
-    out = torch.zeros(N, plan.T, v.shape[-1], dtype=c, device=dev)
+    out = torch.empty(N, plan.T, v.shape[-1], dtype=c, device=dev)
     softmax, norm = cfg.normalize == "softmax", cfg.normalize != "none"
     m_all = torch.zeros(lead + (plan.T, 1), dtype=c, device=dev) if softmax else None
     l_all = torch.ones(lead + (plan.T, 1), dtype=c, device=dev) if norm else None
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # l0 sum, non-zero, cells
     for t0, t1, ks in plan.tiles:
-        acc = torch.zeros(N, t1 - t0, v.shape[-1], dtype=c, device=dev)  # contiguous: baddbmm_ in place
+        acc = None  # contiguous (N, t, dv): baddbmm_ accumulates in place
         rows = lead + (t1 - t0, 1)
         l = torch.zeros(rows, dtype=c, device=dev) if norm else None
         m = torch.full(rows, float("-inf"), dtype=c, device=dev) if softmax else None
@@ -596,7 +601,8 @@ def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Pl
             sa, sb = _scores(qa, ka, qb, kb, bias, lead, t0, t1, s0, s1)
             if softmax:
                 m, m_safe, alpha = _row_max(m, sa, vt)
-                acc.mul_(alpha.view(N, -1, 1))
+                if acc is not None:
+                    acc.mul_(alpha.view(N, -1, 1))
                 l.mul_(alpha)
             if cfg.training:
                 hd = None if plan.hdrop is None else plan.hdrop[..., t0:t1, :]
@@ -606,19 +612,22 @@ def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Pl
             else:
                 p, pd, l0, nz = cfg.kernels.run(
                     _fwd_eval_tile, plan.compiled, sa, sb, vt, m_safe, lo, hi, amin, amax, log_k0, cfg.want_stats)
-            acc.baddbmm_(pd.reshape(N, t1 - t0, s1 - s0), v[:, s0:s1])
+            acc = _acc(acc, pd.reshape(N, t1 - t0, s1 - s0), v[:, s0:s1])
             if norm:
                 l += p.sum(-1, keepdim=True)
             if cfg.want_stats:
                 n = p.numel() if vt is None else torch.count_nonzero(vt.expand(p.shape))
                 stats += torch.stack([l0.double(), nz.double(), torch.as_tensor(n, dtype=torch.float64, device=dev)])
+        if acc is None:  # every tile of these rows closed
+            out[:, t0:t1] = 0.0
+            continue
         if norm:
             l_all[..., t0:t1, :] = l
             acc.div_(torch.where(l > 0, l, 1.0).view(N, -1, 1))
         out[:, t0:t1] = acc
         if softmax and m_safe is not None:
             m_all[..., t0:t1, :] = m_safe
-    return out.view(lead + (plan.T, v.shape[-1])), m_all, l_all, stats
+    return out, m_all, l_all, stats
 
 
 def _add_tile(buf, t0: int, t1: int, s0: int, s1: int, g):
@@ -627,26 +636,28 @@ def _add_tile(buf, t0: int, t1: int, s0: int, s1: int, g):
     view += g.sum_to_size(view.shape)
 
 
-def _cat_blocks(blocks, like):
-    """The per-key-block gradients side by side (zeros where no block was visited)."""
-    return torch.cat(blocks, dim=1) if blocks else torch.zeros_like(like)
+def _cat_blocks(blocks, key_blocks, like):
+    """The per-key-block gradients side by side (zeros for blocks that no open tile visited)."""
+    if not key_blocks:
+        return torch.zeros_like(like)
+    n, d = like.shape[0], like.shape[-1]
+    return torch.cat([like.new_zeros(n, k[1] - k[0], d) if x is None else x for x, k in zip(blocks, key_blocks)], 1)
 
 
 def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, needs):
-    """Tiled backward; returns the gradients of ``(qa, ka, qb, kb, v)`` in the full broadcast lead
-    shape and of ``bias`` in its (at least 2-D) shape, in the compute dtype."""
+    """Tiled backward from the saved prepared inputs, ``out`` and row statistics; returns the
+    gradients of ``(qa, ka, qb, kb, v)`` as ``(N, n, d)`` and of ``bias`` in its (at least 2-D)
+    shape, in the compute dtype."""
     qa, ka, qb, kb, v, bias, valid, out, m_all, l_all = saved
     lo, hi, amin, amax, log_k0 = cfg.consts
-    qa, ka, qb, kb, v, bias, valid = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
     lead, dev, c, N = tuple(plan.lead), qa.device, plan.dtype, qa.shape[0]
-    dqa, dqb = torch.empty_like(qa), torch.empty_like(qb)
+    dqa, dqb = torch.zeros_like(qa), torch.zeros_like(qb)
     # per key block, contiguous (baddbmm_ accumulates in place only into contiguous tensors)
     key_blocks = sorted({k for _, _, ks in plan.tiles for k in ks})
-    dk_blocks = {k: [qa.new_zeros(N, k[1] - k[0], x.shape[-1]) for x in (ka, kb, v)] for k in key_blocks}
+    dk_blocks = {k: [None, None, None] for k in key_blocks}
     dbias = torch.zeros_like(bias) if bias is not None and needs[5] else None
     g_l0 = None if grad_l0 is None else grad_l0.to(c)
     norm = cfg.normalize != "none"
-    out = out.reshape(N, plan.T, v.shape[-1])
     g_all = _flat(grad_out, lead, c) if grad_out is not None else torch.zeros_like(out)
     for t0, t1, ks in plan.tiles:
         g = g_all[:, t0:t1]
@@ -654,7 +665,7 @@ def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, n
         D = (g * out[:, t0:t1]).sum(-1).view(rows) if norm else None
         inv_l = 1.0 / torch.where(l_all[..., t0:t1, :] > 0, l_all[..., t0:t1, :], 1.0) if norm else None
         m = m_all[..., t0:t1, :] if m_all is not None else None
-        dqa_t, dqb_t = (qa.new_zeros(N, t1 - t0, x.shape[-1]) for x in (qa, qb))
+        dqa_t = dqb_t = None
         for s0, s1 in ks:
             vt = _tile_valid(valid, t0, t1, s0, s1, plan.causal_off, dev)
             if _closed(vt):
@@ -673,51 +684,52 @@ def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, n
                 _add_tile(dbias, t0, t1, s0, s1, dsa)
             shape = (N, t1 - t0, s1 - s0)
             dsa, dsb, wd = dsa.reshape(shape), dsb.reshape(shape), wd.reshape(shape)
-            dka_s, dkb_s, dv_s = dk_blocks[(s0, s1)]
-            dv_s.baddbmm_(wd.transpose(1, 2), g)
-            dqa_t.baddbmm_(dsa, ka[:, s0:s1])
-            dka_s.baddbmm_(dsa.transpose(1, 2), qa[:, t0:t1])
-            dqb_t.baddbmm_(dsb, kb[:, s0:s1])
-            dkb_s.baddbmm_(dsb.transpose(1, 2), qb[:, t0:t1])
-        dqa[:, t0:t1], dqb[:, t0:t1] = dqa_t, dqb_t
-    dka, dkb, dv = (_cat_blocks([dk_blocks[k][i] for k in key_blocks], x) for i, x in enumerate((ka, kb, v)))
-    unflat = lambda x: x.view(lead + tuple(x.shape[-2:]))  # noqa: E731
-    return unflat(dqa) * cfg.scale, unflat(dka), unflat(dqb) * cfg.scale, unflat(dkb), unflat(dv), dbias
+            blk = dk_blocks[(s0, s1)]
+            blk[0] = _acc(blk[0], dsa.transpose(1, 2), qa[:, t0:t1])
+            blk[1] = _acc(blk[1], dsb.transpose(1, 2), qb[:, t0:t1])
+            blk[2] = _acc(blk[2], wd.transpose(1, 2), g)
+            dqa_t = _acc(dqa_t, dsa, ka[:, s0:s1])
+            dqb_t = _acc(dqb_t, dsb, kb[:, s0:s1])
+        if dqa_t is not None:
+            dqa[:, t0:t1], dqb[:, t0:t1] = dqa_t, dqb_t
+    dka, dkb, dv = (_cat_blocks([dk_blocks[k][i] for k in key_blocks], key_blocks, x) for i, x in enumerate((ka, kb, v)))
+    return dqa.mul_(cfg.scale), dka, dqb.mul_(cfg.scale), dkb, dv, dbias
 
 
-def _sum_to(grad, x):
-    if grad is None or x is None:
-        return None
-    return (grad.sum_to_size(x.shape) if grad.shape != x.shape else grad).to(x.dtype)
+def _sum_to(grad, shape, dtype, lead):
+    """A ``(N, n, d)`` gradient as one of an input of ``shape`` (summed over broadcast dims)."""
+    grad = grad.view(tuple(lead) + tuple(grad.shape[-2:]))
+    return (grad.sum_to_size(shape) if grad.shape != shape else grad).to(dtype)
 
 
 class _StreamingAttention(torch.autograd.Function):
-    """``(out, l0_sum, nonzero, cells)`` of :func:`streaming_attention`; saves the inputs, ``out``
-    and the O(T) row statistics only."""
+    """``(out, l0_sum, nonzero, cells)`` of :func:`streaming_attention`.  Saves the prepared
+    (contiguous ``(N, n, d)``) queries, keys and values, ``out`` and the O(T) row statistics."""
 
     @staticmethod
     def forward(ctx, qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig):
         plan = _make_plan(qa, ka, v, bias, valid, cfg)
-        out, m, l, stats = _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg, plan)
+        prep = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
+        out, m, l, stats = _stream_forward(prep, cfg, plan)
         ctx.cfg, ctx.plan = cfg, plan
-        ctx.save_for_backward(qa, ka, qb, kb, v, bias, valid, out, m, l)
-        res_dtype = torch.promote_types(v.dtype, qa.dtype)
+        ctx.inputs = [(x.shape, x.dtype) for x in (qa, ka, qb, kb, v)]
+        ctx.bias = None if bias is None else (bias.shape, bias.dtype)
+        ctx.save_for_backward(*prep, out, m, l)
         l0 = stats[0].to(torch.promote_types(plan.dtype, torch.float32))
         nz, cells = stats[1].float(), stats[2].float()
         ctx.mark_non_differentiable(nz, cells)
-        return out.to(res_dtype), l0, nz, cells
+        return out.view(tuple(plan.lead) + tuple(out.shape[-2:])).to(torch.promote_types(v.dtype, qa.dtype)), l0, nz, cells
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_l0, _nz, _cells):
-        saved = ctx.saved_tensors
-        grads = _stream_backward(grad_out, grad_l0 if ctx.cfg.want_stats else None, saved, ctx.cfg, ctx.plan,
-                                 ctx.needs_input_grad)
-        bias = saved[5]
+        grads = _stream_backward(grad_out, grad_l0 if ctx.cfg.want_stats else None, ctx.saved_tensors, ctx.cfg,
+                                 ctx.plan, ctx.needs_input_grad)
         gbias = None
         if grads[5] is not None:
-            gbias = grads[5].reshape(bias.shape).to(bias.dtype)
-        return tuple(_sum_to(g, x) for g, x in zip(grads[:5], saved[:5])) + (gbias, None, None)
+            gbias = grads[5].reshape(ctx.bias[0]).to(ctx.bias[1])
+        lead = ctx.plan.lead
+        return tuple(_sum_to(g, *sd, lead) for g, sd in zip(grads[:5], ctx.inputs)) + (gbias, None, None)
 
 
 def streaming_attention(qa, ka, qb, kb, v, bias=None, valid=None, *, cfg: StreamConfig):
