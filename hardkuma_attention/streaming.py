@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .distributions import log1mexp
 
 __all__ = [
     "counter_uniform",
@@ -209,9 +208,17 @@ def _gate_jacobian(t, k, lk, ls, w, a, b, da_ds, db_ds, valid, lo: float, hi: fl
     return z, ja, jb
 
 
+def _log1mexp(x):
+    """``log(1 - e^x)`` for ``x < 0`` as ``log(-expm1(x))``: two transcendentals instead of the four
+    of the branch-free :func:`~hardkuma_attention.distributions.log1mexp` (which evaluates both
+    branches).  Far below ``-log 2`` it loses the tiny result's relative precision (absolute error
+    ~ float eps): harmless here, where it only enters ``exp(b L)`` and ``e L``."""
+    return torch.log(torch.expm1(x).neg_())
+
+
 def _l0_cells(a, b, log_k0: float):
     """``(1 - k0^a)^b`` and ``L = log(1 - k0^a)``."""
-    L = log1mexp(a * log_k0)
+    L = _log1mexp(a * log_k0)
     return torch.exp(b * L), L
 
 
@@ -271,11 +278,9 @@ def _eval_gate_parts(sa, sb, lo: float, hi: float, amin: float, amax: float, log
     discrete value; ``e0 = 1 - P0`` (the expected-L0 cell)."""
     a = F.softplus(sa).clamp_(amin, amax)
     b = F.softplus(sb).clamp_(amin, amax)
-    L0 = log1mexp(a * log_k0).mul_(b)  # log(1 - P0)
-    L1 = log1mexp(a * math.log((1.0 - lo) / (hi - lo))).mul_(b)  # log P1
-    e0 = torch.exp(L0)
-    p0, p1 = torch.expm1(L0).neg_(), torch.exp(L1)
-    pc = (L1 - L0).expm1_().neg_().mul_(e0)
+    e0 = _log1mexp(a * log_k0).mul_(b).exp_()  # 1 - P0
+    p1 = _log1mexp(a * math.log((1.0 - lo) / (hi - lo))).mul_(b).exp_()  # P1
+    p0, pc = torch.neg(e0).add_(1.0), e0 - p1
     choice = torch.where((pc > p0) & (pc > p1), 2.0, (p1 >= p0).to(sa.dtype))
     lu = torch.full_like(a, -math.log(2.0))
     return (choice,) + _kuma_from_log_u(a, b, lu, lo, hi) + (e0, a, b)
