@@ -10,7 +10,7 @@ statistics, as memory-efficient softmax attention (FlashAttention) does.
 Per cell (``a = clamp(softplus(sa), ab_min, ab_max)``, ``b`` likewise, ``u`` the counter noise)::
 
     training:  ls = log(u) / b,  w = -expm1(ls),  k = exp(log(w) / a),  z = clamp(l + (r - l) k, 0, 1)
-    eval:      z = HardKumaraswamy(a, b).deterministic()
+    eval:      z = HardKumaraswamy(a, b).deterministic()   (no noise)
     p = z                         normalize "none" / "sum"
     p = z exp(sa - m_i)           normalize "softmax" (m_i: running row max over allowed cells)
     w = p / l_i                   l_i = sum_j p_ij (1 where it is 0); "none": l_i = 1
@@ -29,6 +29,15 @@ sigmoid(sb)`` where ``0 < z < 1`` and the clamp of ``a`` (``b``) is inactive, el
 (``s = 1 - w = u^(1/b)``, ``log s = ls``: the logarithms of the sample are shared, nothing is
 recovered from ``z``).  Expected L0 per allowed cell ``(1 - k0^a)^b = exp(b L)``,
 ``L = log(1 - k0^a)``, with ``d/da = exp(b L) b (-log k0) / expm1(-a log k0)``, ``d/db = exp(b L) L``.
+The eval gate is the median (the sample at ``u = 1/2``) where ``P(0 < z < 1) > max(P0, P1)``, else
+the constant ``1(P1 >= P0)``: its Jacobian is the training one on the median cells, 0 elsewhere.
+
+Shapes inside: queries, keys and values are flattened to contiguous ``(N, n, d)`` (``N`` = batch x
+heads after broadcasting); the elementwise kernels see ``(*lead, t, s)`` views so that ``bias`` and
+``valid`` broadcast as given.  Tile sizes: ``block_k`` keys (default ``min(S, 1024)``) and as many
+query rows as fit :attr:`TileKernels.eager_block_cells` / ``compiled_block_cells``; results do not
+depend on them beyond float round-off.  The kernels are plain functions of tensors that
+:class:`TileKernels` runs eagerly or through ``torch.compile``.
 """
 from __future__ import annotations
 
