@@ -56,12 +56,16 @@ class HardKumaAttention(nn.Module):
         ab_clamp: bounds of ``a`` and ``b``.
         parameterization: "split" or "separate" (see the module docstring).
         stats_key: label put on the :class:`AttentionStats` this module produces.
-        compile: run the fused gate kernels through ``torch.compile`` (much faster on large
-            maps; a one-off compilation of tens of seconds, needs a C++ compiler).
+        compile: None (default, "auto"): the tile kernels of large calls run through
+            ``torch.compile`` when it works here (probed once; else eager with a one-time
+            warning); True: always compiled when it works; False: eager.  See
+            :class:`hardkuma_attention.streaming.TileKernels`.
 
-    In training (``normalize`` "none" or "sum") the gates come from
-    :func:`hardkuma_attention.fused.hardkuma_attention_gates`, which keeps only the per-head
-    queries/keys and the weights for the backward pass and recomputes the score maps.
+    With ``need_weights=False`` (what ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` pass) the
+    attention streams through (query block x key block) tiles
+    (:func:`hardkuma_attention.functional.scaled_dot_product_hardkuma`): memory O(T), the
+    backward recomputes the scores and regenerates the counter-based noise.  With
+    ``need_weights=True`` the weights are materialised, as softmax attention does.
 
     ``forward`` mirrors ``nn.MultiheadAttention.forward`` and returns ``(attn_output,
     attn_weights)``; with ``return_stats=True`` a third element, the :class:`AttentionStats` of
@@ -93,7 +97,7 @@ class HardKumaAttention(nn.Module):
         ab_clamp: Tuple[float, float] = (1e-3, 100.0),
         parameterization: str = "split",
         stats_key: Optional[str] = None,
-        compile: bool = False,
+        compile: Optional[bool] = None,
     ):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -126,7 +130,9 @@ class HardKumaAttention(nn.Module):
         self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
         self.parameterization = parameterization
         self.stats_key = stats_key
-        self.compile = bool(compile)
+        if compile not in (None, True, False):
+            raise ValueError(f"compile must be None (auto), True or False, got {compile!r}")
+        self.compile = compile
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
@@ -246,9 +252,12 @@ class HardKumaAttention(nn.Module):
             scale = 1.0 / math.sqrt(d)
             qa, ka = q, k
             qb, kb = heads(self.q_proj_b(query), T), heads(self.k_proj_b(key), S)
-        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, q.dtype, query.device)
+        # a causal mask of its own (T == S, where both alignments agree) streams without a T x S mask
+        causal = is_causal and attn_mask is None and T == S
+        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal and not causal, B, T, S, q.dtype,
+                                  query.device)
         out, weights, stats = scaled_dot_product_hardkuma(
-            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, training=self.training,
+            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=causal, training=self.training,
             normalize=self.normalize, support=self.support, ab_clamp=self.ab_clamp,
             dropout_p=self.dropout, need_weights=need_weights, want_stats=return_stats,
             stats_key=self.stats_key, compile=self.compile,

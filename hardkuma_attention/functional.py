@@ -10,8 +10,11 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .distributions import DEFAULT_SUPPORT, HardKumaraswamy, uniform_open
-from .fused import ab_from_scores, expected_l0_sum, hardkuma_attention_gates, hardkuma_gates, row_sum_or_one
+from .fused import ab_from_scores, expected_l0_sum, hardkuma_gates, row_sum_or_one
 from .stats import AttentionStats, gate_stats, report_stats, stats_requested
+from .streaming import (
+    DROPOUT_STREAM, StreamConfig, TileKernels, counter_noise, default_kernels, draw_seed, streaming_attention,
+)
 
 __all__ = [
     "masked_mean",
@@ -190,6 +193,35 @@ def causal_valid(T: int, S: int, device=None) -> torch.Tensor:
     return j <= i + (S - T)
 
 
+def _whole_map_attention(qa, ka, qb, kb, v, scale, valid, bias, training, normalize, support, ab_clamp,
+                         dropout_p, want_stats, seed):
+    """The whole-map path (``need_weights=True``): the ``(..., T, S)`` weights are materialised
+    and differentiable; the noise is the same counter noise as the tiles draw, so the weights and
+    the output equal the streaming path's.  Returns ``(out, weights, l0_sum or None)``."""
+    c = torch.float64 if any(x is not None and x.dtype == torch.float64 for x in (qa, ka, v, bias)) else torch.float32
+    score_a = torch.matmul(qa.to(c), ka.to(c).transpose(-1, -2)) * scale
+    if bias is not None:
+        score_a = score_a + bias.to(c)
+    score_b = torch.matmul(qb.to(c), kb.to(c).transpose(-1, -2)) * scale
+    T, S = score_a.shape[-2:]
+    lead = torch.broadcast_shapes(*(x.shape[:-2] for x in (qa, ka, v, bias, valid) if x is not None and x.dim() >= 2))
+    if training:
+        u = counter_noise(seed, lead, T, S, c, qa.device)
+        gates = hardkuma_gates(score_a, score_b, u, valid, support, ab_clamp, normalize == "sum")
+        weights = normalize_gates(gates, "softmax", score_a, valid) if normalize == "softmax" else gates
+    else:
+        weights = hardkuma_weights_from_scores(
+            score_a, score_b, valid, training=False, normalize=normalize, support=support, ab_clamp=ab_clamp
+        )
+    weights = weights.expand(tuple(lead) + (T, S))
+    l0 = expected_l0_sum(score_a, score_b, valid, support, ab_clamp) if want_stats else None
+    attn = weights
+    if training and dropout_p > 0:
+        keep = counter_noise(seed | (DROPOUT_STREAM << 32), lead, T, S, c, qa.device) >= dropout_p
+        attn = weights * keep.to(c) * (1.0 / (1.0 - dropout_p))
+    return torch.matmul(attn, v.to(c)), weights, l0
+
+
 def scaled_dot_product_hardkuma(
     qa: torch.Tensor,
     ka: torch.Tensor,
@@ -209,8 +241,11 @@ def scaled_dot_product_hardkuma(
     need_weights: bool = False,
     want_stats: bool = False,
     stats_key: Optional[str] = None,
-    compile: bool = False,
+    compile: Optional[bool] = None,
     generator: Optional[torch.Generator] = None,
+    kernels: Optional[TileKernels] = None,
+    block_q: Optional[int] = None,
+    block_k: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[AttentionStats]]:
     r"""HardKuma attention from per-head queries, keys and values: the one core path that
     :class:`~hardkuma_attention.HardKumaAttention`, the fairseq plugins and the integrations call.
@@ -221,11 +256,26 @@ def scaled_dot_product_hardkuma(
     ``normalize`` (see :func:`hardkuma_attention_weights`) of the masked gates, dropout
     ``dropout_p`` on the weights in training; ``out = weights @ v``.
 
+    With ``need_weights=False`` this streams (:mod:`hardkuma_attention.streaming`): (query block
+    x key block) tiles, nothing of size T x S allocated or saved, the backward recomputes the
+    scores and regenerates the noise.  With ``need_weights=True`` the weights are materialised
+    (differentiable) from the same noise, so both give the same values.  The noise of cell
+    ``(bh, i, j)`` is :func:`~hardkuma_attention.streaming.counter_uniform` of one seed per call
+    drawn from ``generator`` (default: torch's global generator) in training; dropout draws from
+    a second stream of the same seed.
+
     Shapes: ``qa`` (..., T, da), ``ka`` (..., S, da), ``qb`` (..., T, db), ``kb`` (..., S, db),
     ``v`` (..., S, dv); ``valid`` (bool, True = allowed) and ``bias`` (added to ``score_a``)
     broadcastable to (..., T, S); ``is_causal`` also disallows key ``j > i + S - T``
-    (:func:`causal_valid`).  Disallowed cells are exactly 0, a fully disallowed row gives a zero
-    output with finite gradients.
+    (:func:`causal_valid`; the streaming path skips key tiles above that diagonal).  Disallowed
+    cells are exactly 0, a fully disallowed row gives a zero output with finite gradients.  Gate
+    math runs in float32 for float32/bfloat16/float16 inputs (float64 for float64); ``out`` and
+    ``weights`` come back in the inputs' dtype.
+
+    ``compile``: None (auto: compiled tile kernels for large calls when ``torch.compile`` works,
+    else eager with a one-time warning), True or False; ``kernels`` (a
+    :class:`~hardkuma_attention.streaming.TileKernels`) overrides it.  ``block_q`` / ``block_k``:
+    tile sizes (default from a cell budget; results do not depend on them beyond round-off).
 
     Returns ``(out (..., T, dv), weights (..., T, S) or None, stats or None)``: ``weights`` only
     with ``need_weights``; the :class:`AttentionStats` (differentiable expected-L0 sum, valid
@@ -234,29 +284,31 @@ def scaled_dot_product_hardkuma(
     """
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    if is_causal:
-        c = causal_valid(qa.shape[-2], ka.shape[-2], qa.device)
-        valid = c if valid is None else valid & c
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     want_stats = want_stats or stats_requested()
-    if training and normalize != "softmax":
-        weights, l0 = hardkuma_attention_gates(
-            qa, ka, qb, kb, scale, bias, valid, support, ab_clamp,
-            normalize_sum=normalize == "sum", want_l0=want_stats, compile=compile, generator=generator,
+    seed = draw_seed(generator) if training else 0
+    dropout_p = float(dropout_p) if training else 0.0
+    out_dtype = torch.promote_types(qa.dtype, v.dtype)
+    if need_weights:
+        if is_causal:
+            c = causal_valid(qa.shape[-2], ka.shape[-2], qa.device)
+            valid = c if valid is None else valid & c
+        out, weights, l0 = _whole_map_attention(
+            qa, ka, qb, kb, v, scale, valid, bias, training, normalize, support, ab_clamp, dropout_p, want_stats, seed
         )
+        stats = gate_stats(l0, weights, valid, stats_key) if want_stats else None
+        out, weights = out.to(out_dtype), weights.to(out_dtype)
     else:
-        score_a = torch.matmul(qa, ka.transpose(-1, -2)) * scale
-        if bias is not None:
-            score_a = score_a + bias
-        score_b = torch.matmul(qb, kb.transpose(-1, -2)) * scale
-        weights = hardkuma_weights_from_scores(
-            score_a, score_b, valid, training=training, normalize=normalize, support=support,
-            ab_clamp=ab_clamp, generator=generator, compile=compile,
+        cfg = StreamConfig(
+            scale=float(scale), normalize=normalize, training=bool(training), support=tuple(support),
+            ab_clamp=tuple(ab_clamp), dropout_p=dropout_p, is_causal=bool(is_causal), want_stats=want_stats,
+            seed=seed, block_q=block_q, block_k=block_k,
+            kernels=kernels if kernels is not None else default_kernels(compile),
         )
-        l0 = expected_l0_sum(score_a, score_b, valid, support, ab_clamp) if want_stats else None
-    stats = None
-    if want_stats:
-        stats = gate_stats(l0, weights, valid, stats_key)
+        out, l0, nonzero, cells = streaming_attention(qa, ka, qb, kb, v, bias, valid, cfg=cfg)
+        weights = None
+        stats = AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None
+    if stats is not None:
         report_stats(stats)
-    attn = torch.nn.functional.dropout(weights, dropout_p) if (training and dropout_p > 0) else weights
-    out = torch.matmul(attn, v)
-    return out, (weights if need_weights else None), stats
+    return out, weights, stats
