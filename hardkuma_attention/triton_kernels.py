@@ -326,11 +326,20 @@ def _allowed(VALID, sv_t, sv_s, offs_m, offs_n, T, S, causal_off,
 
 
 @triton.jit
+def _dot(a, b, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+    """``a @ b`` accumulated in float32; ``DOT_F32``: operands upcast first (only under the
+    interpreter for bfloat16, whose ``dot`` of Triton 3.9 multiplies the raw bfloat16 bits)."""
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale,
-            HAS_BIAS: tl.constexpr, PREC: tl.constexpr):
+            HAS_BIAS: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """``(sa, sb)`` of a tile (float32) from the query tiles (M, D) and key tiles (N, D)."""
-    sa = tl.dot(qa, tl.trans(ka), input_precision=PREC) * scale
-    sb = tl.dot(qb, tl.trans(kb), input_precision=PREC) * scale
+    sa = _dot(qa, tl.trans(ka), PREC, DOT_F32) * scale
+    sb = _dot(qb, tl.trans(kb), PREC, DOT_F32) * scale
     if HAS_BIAS:
         inb = (offs_m[:, None] < T) & (offs_n[None, :] < S)
         sa += tl.load(BIAS + offs_m[:, None] * sbi_t + offs_n[None, :] * sbi_s, mask=inb, other=0.0).to(tl.float32)
@@ -352,7 +361,7 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr,
                 TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_STATS: tl.constexpr,
-                DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr):
+                DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """One program: query rows ``[pid_m BLOCK_M, +BLOCK_M)`` of head ``bh``; writes ``out``,
     the row max / normaliser (``ML``: (2, BH, T)) and the row statistics (``STATS``: (3, BH, T))."""
     pid_m = tl.program_id(0)
@@ -386,7 +395,7 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
         ok = _allowed(VALID, sva_t, sva_s, offs_m, offs_n, T, S, causal_off, HAS_VALID, IS_CAUSAL)
         ka = _load_rows(KA, offs_n, S, ska_n, ska_d, DA, BDA)
         kb = _load_rows(KB, offs_n, S, skb_n, skb_d, DB, BDB)
-        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC)
+        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC, DOT_F32)
         kcol = _mix_k(offs_n.to(tl.uint32))[None, :]
         z, e = _gate_fwd(sa, sb, hrow, kcol, lo, hi, amin, amax, log_k0, log_k1, TRAINING, WANT_STATS)
         z = tl.where(ok, z, 0.0)
@@ -413,10 +422,10 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
         if SKIP_ZERO:
             if tl.max(pd) > 0.0:  # AdaSplash: a tile whose gates are all exactly 0 adds nothing
                 v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
-                acc += tl.dot(pd.to(v.dtype), v, input_precision=PREC)
+                acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
         else:
             v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
-            acc += tl.dot(pd.to(v.dtype), v, input_precision=PREC)
+            acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
     if NORM != 0:
         acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     OUT += b_i * so_b + h_i * so_h
@@ -465,7 +474,7 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_BIAS: tl.constexpr, HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr,
                    TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr,
-                   DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr):
+                   DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """One program: key rows ``[pid_n BLOCK_N, +BLOCK_N)`` of head ``bh``; loops over the query
     blocks and writes ``dka``, ``dkb`` (before ``scale``) and ``dv`` (float32, (BH, S, D))."""
     pid_n = tl.program_id(0)
@@ -500,9 +509,9 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
         ok = _allowed(VALID, sva_t, sva_s, offs_m, offs_n, T, S, causal_off, HAS_VALID, IS_CAUSAL)
         qa = _load_rows(QA, offs_m, T, sqa_t, sqa_d, DA, BDA)
         qb = _load_rows(QB, offs_m, T, sqb_t, sqb_d, DB, BDB)
-        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC)
+        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC, DOT_F32)
         g = _load_rows(GO, offs_m, T, sg_t, sg_d, DV_, BDV)
-        dw = tl.dot(g, tl.trans(v), input_precision=PREC)
+        dw = _dot(g, tl.trans(v), PREC, DOT_F32)
         m, Di, il = _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM)
         hrow = _row_hash(h_seed, bh, offs_m)[:, None]
         hdrop = _row_hash(h_drop, bh, offs_m)[:, None]
@@ -510,11 +519,11 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
                                  lo, hi, amin, amax, log_k0, log_k1, TRAINING, NORM, WANT_L0, DROPOUT)
         if SKIP_ZERO:
             if tl.max(tl.abs(wd)) > 0.0:
-                dv += tl.dot(tl.trans(wd.to(g.dtype)), g, input_precision=PREC)
+                dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
         else:
-            dv += tl.dot(tl.trans(wd.to(g.dtype)), g, input_precision=PREC)
-        dka += tl.dot(tl.trans(dsa.to(qa.dtype)), qa, input_precision=PREC)
-        dkb += tl.dot(tl.trans(dsb.to(qb.dtype)), qb, input_precision=PREC)
+            dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
+        dka += _dot(tl.trans(dsa.to(qa.dtype)), qa, PREC, DOT_F32)
+        dkb += _dot(tl.trans(dsb.to(qb.dtype)), qb, PREC, DOT_F32)
     d = tl.arange(0, BDA)
     tl.store(DKA + bh * S * BDA + offs_n[:, None] * BDA + d[None, :], dka * scale, mask=(offs_n[:, None] < S))
     d = tl.arange(0, BDB)
@@ -535,7 +544,7 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr,
                   TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr,
-                  DROPOUT: tl.constexpr, WANT_DBIAS: tl.constexpr, PREC: tl.constexpr):
+                  DROPOUT: tl.constexpr, WANT_DBIAS: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """One program: query rows ``[pid_m BLOCK_M, +BLOCK_M)`` of head ``bh``; loops over the key
     blocks and writes ``dqa``, ``dqb`` (float32, (BH, T, D)) and, if asked, ``dsa`` into the
     (BH, T, S) ``DBIAS``."""
@@ -573,13 +582,13 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
         ka = _load_rows(KA, offs_n, S, ska_n, ska_d, DA, BDA)
         kb = _load_rows(KB, offs_n, S, skb_n, skb_d, DB, BDB)
         v = _load_rows(V, offs_n, S, sv_n, sv_d, DV_, BDV)
-        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC)
-        dw = tl.dot(g, tl.trans(v), input_precision=PREC)
+        sa, sb = _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale, HAS_BIAS, PREC, DOT_F32)
+        dw = _dot(g, tl.trans(v), PREC, DOT_F32)
         kcol = _mix_k(offs_n.to(tl.uint32))[None, :]
         dsa, dsb, wd = _gate_bwd(sa, sb, ok, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
                                  lo, hi, amin, amax, log_k0, log_k1, TRAINING, NORM, WANT_L0, DROPOUT)
-        dqa += tl.dot(dsa.to(ka.dtype), ka, input_precision=PREC)
-        dqb += tl.dot(dsb.to(kb.dtype), kb, input_precision=PREC)
+        dqa += _dot(dsa.to(ka.dtype), ka, PREC, DOT_F32)
+        dqb += _dot(dsb.to(kb.dtype), kb, PREC, DOT_F32)
         if WANT_DBIAS:
             inb = (offs_m[:, None] < T) & (offs_n[None, :] < S)
             tl.store(DBIAS + bh * T * S + offs_m[:, None] * S + offs_n[None, :], dsa, mask=inb)
@@ -731,6 +740,7 @@ def _flags(p: _Prepared, c: _Call):
                 HAS_BIAS=p.bias is not None, HAS_VALID=p.valid is not None, IS_CAUSAL=c.is_causal,
                 TRAINING=c.training, NORM=_NORM_CODE[c.normalize],
                 DROPOUT=c.training and c.dropout_p > 0, PREC="ieee" if qa.dtype == torch.float32 else "tf32",
+                DOT_F32=interpreting() and qa.dtype == torch.bfloat16,
                 num_warps=c.kernel.num_warps, num_stages=c.kernel.num_stages)
 
 
