@@ -173,14 +173,18 @@ def _log1mexp(x):
 
 
 @triton.jit
-def _ab(s, amin, amax):
-    """``(clamp(softplus(s), amin, amax), its derivative)`` (softplus threshold 20 as torch)."""
+def _ab(s, amin, amax, GRAD: tl.constexpr):
+    """``(clamp(softplus(s), amin, amax), its derivative or 0)`` (softplus threshold 20 as
+    torch; the derivative ``sigmoid(s)`` where the clamp is inactive, only with ``GRAD``)."""
     e = tl.exp(tl.minimum(s, 20.0))
     u = 1.0 + e
     sp = tl.where(s > 20.0, s, _log1p_of(u, e))
     x = tl.minimum(tl.maximum(sp, amin), amax)
-    sig = tl.where(s > 20.0, 1.0, e / u)
-    return x, tl.where(x == sp, sig, 0.0)
+    if GRAD:
+        d = tl.where(x == sp, tl.where(s > 20.0, 1.0, e / u), 0.0)
+    else:
+        d = 0.0
+    return x, d
 
 
 @triton.jit
@@ -194,7 +198,7 @@ def _kuma(a, b, log_u):
 
 
 @triton.jit
-def _eval_gate(a, b, lo, hi, log_k0, log_k1):
+def _eval_gate(a, b, lo, hi, log_k0, log_k1, GRAD: tl.constexpr):
     """Deterministic gate ``(z, median selected, k, log k, log s, w, L0 = log(1 - P0))``:
     0 where ``P0 > P1``, 1 otherwise, the median where ``P(0 < Z < 1)`` exceeds both."""
     L0 = b * _log1mexp(a * log_k0)[0]
@@ -211,15 +215,19 @@ def _eval_gate(a, b, lo, hi, log_k0, log_k1):
     med = (pc > p0) & (pc > p1)
     t = lo + (hi - lo) * k
     z = tl.where(med, tl.minimum(tl.maximum(t, 0.0), 1.0), tl.where(p1 >= p0, 1.0, 0.0))
-    return z, med, k, lk, ls, tl.exp(lw), L0
+    if GRAD:
+        w = tl.exp(lw)
+    else:
+        w = 0.0
+    return z, med, k, lk, ls, w, L0
 
 
 @triton.jit
 def _gate_fwd(sa, sb, hrow, kcol, lo, hi, amin, amax, log_k0, log_k1,
               TRAINING: tl.constexpr, WANT_STATS: tl.constexpr):
     """Gates ``z`` of a tile and the expected L0 of its cells (0.0 without ``WANT_STATS``)."""
-    a = _ab(sa, amin, amax)[0]
-    b = _ab(sb, amin, amax)[0]
+    a = _ab(sa, amin, amax, False)[0]
+    b = _ab(sb, amin, amax, False)[0]
     if TRAINING:
         k = _kuma(a, b, tl.log(_uniform(hrow, kcol)))[0]
         z = tl.minimum(tl.maximum(lo + (hi - lo) * k, 0.0), 1.0)
@@ -228,7 +236,7 @@ def _gate_fwd(sa, sb, hrow, kcol, lo, hi, amin, amax, log_k0, log_k1,
         else:
             e = 0.0
     else:
-        z, _m, _k, _lk, _ls, _w, L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1)
+        z, _m, _k, _lk, _ls, _w, L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1, False)
         e = tl.exp(L0)
     return z, e
 
@@ -245,8 +253,8 @@ def _gate_bwd(sa, sb, allowed, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
               TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr, DROPOUT: tl.constexpr):
     """Per-cell backward: ``(dsa, dsb, w d)`` of a tile, ``dw = g_i . v_j`` (before dropout);
     ``m``, ``Di``, ``il`` are the row max, ``g_i . out_i`` and ``1 / l_i`` as (M, 1)."""
-    a, da = _ab(sa, amin, amax)
-    b, db = _ab(sb, amin, amax)
+    a, da = _ab(sa, amin, amax, True)
+    b, db = _ab(sb, amin, amax, True)
     if TRAINING:
         k, lk, ls, w = _kuma(a, b, tl.log(_uniform(hrow, kcol)))
         t = lo + (hi - lo) * k
@@ -254,7 +262,7 @@ def _gate_bwd(sa, sb, allowed, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
         c = tl.where((t > 0.0) & (t < 1.0) & allowed, (hi - lo) * k, 0.0)
         jzb = c * (1.0 - w) * ls / (a * b * tl.maximum(w, 1e-30)) * db
     else:
-        z, med, k, lk, ls, w, _L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1)
+        z, med, k, lk, ls, w, _L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1, True)
         t = lo + (hi - lo) * k
         c = tl.where(med & (t >= 0.0) & (t <= 1.0) & allowed, (hi - lo) * k, 0.0)
         jzb = c * tl.exp(ls) * ls / (a * b * tl.maximum(w, 1e-30)) * db
@@ -446,6 +454,20 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
 
 
 @triton.jit
+def _delta_kernel(OUT, GO, DELTA, H, T, so_b, so_h, so_t, so_d, sg_b, sg_h, sg_t, sg_d,
+                  DV: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``D_i = g_i . out_i`` in float32 (``DELTA``: (BH, T))."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b_i = bh // H
+    h_i = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o = _load_rows(OUT + b_i * so_b + h_i * so_h, offs_m, T, so_t, so_d, DV, BDV).to(tl.float32)
+    g = _load_rows(GO + b_i * sg_b + h_i * sg_h, offs_m, T, sg_t, sg_d, DV, BDV).to(tl.float32)
+    tl.store(DELTA + bh * T + offs_m, tl.sum(o * g, 1), mask=offs_m < T)
+
+
+@triton.jit
 def _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM: tl.constexpr):
     """``(m, D, 1/l)`` of rows ``offs_m`` as (M, 1) (zeros / ones where unused)."""
     rmask = offs_m < T
@@ -476,7 +498,7 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
                    TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr,
                    DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """One program: key rows ``[pid_n BLOCK_N, +BLOCK_N)`` of head ``bh``; loops over the query
-    blocks and writes ``dka``, ``dkb`` (before ``scale``) and ``dv`` (float32, (BH, S, D))."""
+    blocks and writes ``dka``, ``dkb`` and ``dv`` (contiguous (BH, S, D), their own dtype)."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b_i = bh // H
@@ -524,12 +546,9 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
             dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
         dka += _dot(tl.trans(dsa.to(qa.dtype)), qa, PREC, DOT_F32)
         dkb += _dot(tl.trans(dsb.to(qb.dtype)), qb, PREC, DOT_F32)
-    d = tl.arange(0, BDA)
-    tl.store(DKA + bh * S * BDA + offs_n[:, None] * BDA + d[None, :], dka * scale, mask=(offs_n[:, None] < S))
-    d = tl.arange(0, BDB)
-    tl.store(DKB + bh * S * BDB + offs_n[:, None] * BDB + d[None, :], dkb * scale, mask=(offs_n[:, None] < S))
-    d = tl.arange(0, BDV)
-    tl.store(DV + bh * S * BDV + offs_n[:, None] * BDV + d[None, :], dv, mask=(offs_n[:, None] < S))
+    _store_rows(DKA + bh * S * DA, (dka * scale).to(DKA.dtype.element_ty), offs_n, S, DA, 1, DA, BDA)
+    _store_rows(DKB + bh * S * DB, (dkb * scale).to(DKB.dtype.element_ty), offs_n, S, DB, 1, DB, BDB)
+    _store_rows(DV + bh * S * DV_, dv.to(DV.dtype.element_ty), offs_n, S, DV_, 1, DV_, BDV)
 
 
 @triton.jit
@@ -546,8 +565,8 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
                   TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr,
                   DROPOUT: tl.constexpr, WANT_DBIAS: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     """One program: query rows ``[pid_m BLOCK_M, +BLOCK_M)`` of head ``bh``; loops over the key
-    blocks and writes ``dqa``, ``dqb`` (float32, (BH, T, D)) and, if asked, ``dsa`` into the
-    (BH, T, S) ``DBIAS``."""
+    blocks and writes ``dqa``, ``dqb`` (contiguous (BH, T, D), their own dtype) and, if asked,
+    ``dsa`` into the (BH, T, S) ``DBIAS``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b_i = bh // H
@@ -592,10 +611,8 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
         if WANT_DBIAS:
             inb = (offs_m[:, None] < T) & (offs_n[None, :] < S)
             tl.store(DBIAS + bh * T * S + offs_m[:, None] * S + offs_n[None, :], dsa, mask=inb)
-    d = tl.arange(0, BDA)
-    tl.store(DQA + bh * T * BDA + offs_m[:, None] * BDA + d[None, :], dqa * scale, mask=(offs_m[:, None] < T))
-    d = tl.arange(0, BDB)
-    tl.store(DQB + bh * T * BDB + offs_m[:, None] * BDB + d[None, :], dqb * scale, mask=(offs_m[:, None] < T))
+    _store_rows(DQA + bh * T * DA, (dqa * scale).to(DQA.dtype.element_ty), offs_m, T, DA, 1, DA, BDA)
+    _store_rows(DQB + bh * T * DB, (dqb * scale).to(DQB.dtype.element_ty), offs_m, T, DB, 1, DB, BDB)
 
 
 # ---------------------------------------------------------------------- host side
@@ -764,18 +781,26 @@ def _forward(p: _Prepared, c: _Call):
     return out, ml, stats
 
 
-def _backward(p: _Prepared, c: _Call, out, ml, grad_out, grad_l0, want_dbias: bool):
-    """Launch the backward kernels: float32 ``(dqa, dka, dqb, dkb, dv, dbias)`` as (B, H, N, D)
-    (``dbias`` (B, H, T, S) or None)."""
+def _grad_buffer(x, p: _Prepared, n: int):
+    """Where the kernels write the gradient of input ``x``: (B, H, n, D) contiguous, in ``x``'s
+    dtype, or float32 when ``x`` is broadcast over (B, H) (summed down afterwards)."""
+    full = math.prod(x.shape[:-2]) == p.B * p.H
+    return torch.empty((p.B, p.H, n, x.shape[-1]), dtype=x.dtype if full else torch.float32, device=x.device)
+
+
+def _backward(p: _Prepared, c: _Call, inputs, out, ml, grad_out, grad_l0, want_dbias: bool):
+    """Launch the backward kernels: ``(dqa, dka, dqb, dkb, dv, dbias)`` as (B, H, N, D) (``dbias``
+    float32 (B, H, T, S) or None); ``inputs`` the original ``(qa, ka, qb, kb, v)``."""
     qa, ka, qb, kb, v = p.xs
     dev, BH, f = qa.device, p.B * p.H, _flags(p, c)
-    g = grad_out.to(v.dtype).reshape(p.B, p.H, p.T, v.shape[-1]).contiguous()
-    delta = (g.float() * out.float()).sum(-1).reshape(BH * p.T).contiguous()
+    g = grad_out.to(v.dtype).reshape(p.B, p.H, p.T, v.shape[-1])
+    delta = torch.empty(BH * p.T, dtype=torch.float32, device=dev)
+    _delta_kernel[(triton.cdiv(p.T, c.kernel.block_m), BH)](
+        out, g, delta, p.H, p.T, *out.stride(), *g.stride(), DV=v.shape[-1], BDV=f["BDV"],
+        BLOCK_M=c.kernel.block_m)
     want_l0 = c.want_stats and grad_l0 is not None
     gl0 = grad_l0.detach().float().reshape(1).contiguous() if want_l0 else delta
-    buf = lambda n, bd: torch.zeros((p.B, p.H, n, bd), dtype=torch.float32, device=dev)  # noqa: E731
-    dqa, dqb, dka, dkb = buf(p.T, f["BDA"]), buf(p.T, f["BDB"]), buf(p.S, f["BDA"]), buf(p.S, f["BDB"])
-    dv = buf(p.S, f["BDV"])
+    dqa, dka, dqb, dkb, dv = (_grad_buffer(x, p, n) for x, n in zip(inputs, (p.T, p.S, p.T, p.S, p.S)))
     dbias = torch.zeros((p.B, p.H, p.T, p.S), dtype=torch.float32, device=dev) if want_dbias else delta
     bias, valid, sb, sv = _mask_args(p, delta)
     common = (*_strides(qa, ka, qb, kb, v), *sb, *sv, *g.stride(), p.H, p.T, p.S, *c.scalars(p.T, p.S))
@@ -785,9 +810,7 @@ def _backward(p: _Prepared, c: _Call, out, ml, grad_out, grad_l0, want_dbias: bo
     _bwd_q_kernel[(triton.cdiv(p.T, c.kernel.block_m), BH)](
         qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dqa, dqb, dbias, *common, DV_=v.shape[-1],
         WANT_L0=want_l0, WANT_DBIAS=want_dbias, **f)
-    cut = lambda x, d: x[..., :d]  # noqa: E731
-    return (cut(dqa, f["DA"]), cut(dka, f["DA"]), cut(dqb, f["DB"]), cut(dkb, f["DB"]),
-            cut(dv, v.shape[-1]), dbias if want_dbias else None)
+    return dqa, dka, dqb, dkb, dv, dbias if want_dbias else None
 
 
 def _sum_to(grad, x):
@@ -836,7 +859,7 @@ class _TritonHardKuma(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros_like(out)
         out4 = out.reshape(p.B, p.H, p.T, -1)
-        grads = _backward(p, ctx.call, out4, ml, grad_out, grad_l0, want_dbias)
+        grads = _backward(p, ctx.call, (qa, ka, qb, kb, v), out4, ml, grad_out, grad_l0, want_dbias)
         res = tuple(_sum_to(g, x) for g, x in zip(grads[:5], (qa, ka, qb, kb, v)))
         gbias = _sum_to(grads[5], bias) if want_dbias else None
         return (*res, gbias, None, None)
