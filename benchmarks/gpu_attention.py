@@ -32,11 +32,11 @@ needs torch with CUDA, triton, and this repository on ``PYTHONPATH``)::
    =====================================  =====  =====  ========
    pass                                    exp    log   division
    =====================================  =====  =====  ========
-   forward, training, none                   5      4       5
-   forward, training, softmax + stats        8      5       6
-   forward, eval, softmax + stats           10      5       7
-   backward, training, softmax + L0 grad    20     10      26
-   backward, eval, softmax + L0 grad        28     12      30
+   forward, training, none                   4      4       4
+   forward, training, softmax + stats        7      5       5
+   forward, eval, softmax + stats           11      5       7
+   backward, training, softmax + L0 grad    14     10      22
+   backward, eval, softmax + L0 grad        28     12      28
    =====================================  =====  =====  ========
 
    (backward: both backward kernels, ``dk/dv`` and ``dq``, recompute the cell's gate, so per

@@ -17,34 +17,30 @@ Per cell, with ``a = clamp(softplus(sa), ab_min, ab_max)``, ``b`` likewise::
     out_i = sum_j p_ij d_ij v_j / l_i,  l_i = sum_j p_ij (1 where 0; "none": 1),  d_ij the dropout factor
     stats: sum_allowed (1 - k0^a)^b (expected L0), #(z != 0), #allowed, per row then summed
 
-Backward (three passes as FlashAttention-2: ``D_i = g_i . out_i`` by torch, then one kernel per
+Backward (three kernels as FlashAttention-2: ``D_i = g_i . out_i``, then one per
 key block for ``dv, dka, dkb`` and one per query block for ``dqa, dqb``, both regenerating the
 noise): ``dw_ij = d_ij g_i . v_j``, ``dp = (dw - D_i)/l_i`` (``dw`` for "none"), ``dz = dp``
 (``dp exp(sa - m)`` and ``dsa += dp p`` for softmax), ``dsa = dz dz/dsa + g_L0 dL0/dsa``,
 ``dsb`` likewise, with the per-cell derivatives of :mod:`hardkuma_attention.streaming`.
 
-Transcendental operations per cell (exp, log; each one special-function-unit instruction on
-NVIDIA GPUs; divisions counted apart, each one reciprocal on the SFU).  ``softplus`` = exp + log;
-``expm1`` = exp + a degree-9 polynomial (FMA units) below ``|x| < 1/2``; ``log1p`` = log
-(Goldberg's correction, one division); ``log1mexp`` = exp + log.
+Transcendental operations per cell, counted by running the kernels under the interpreter with
+``exp``/``log``/division instrumented (``python benchmarks/gpu_attention.py --count-only``; each
+is one special-function-unit instruction on NVIDIA GPUs, a division one reciprocal):
 
-============================  =====  =====  =========
-pass (per cell)                exp    log    division
-============================  =====  =====  =========
-forward, training                4      4       4
-  + softmax                      +1
-  + statistics (expected L0)     +2     +1      +1
-forward, eval                    9      6       6
-  + softmax                      +1
-backward, training               5      4       7
-  + softmax                      +1
-  + L0 gradient                  +2     +1      +2
-============================  =====  =====  =========
+=====================================  =====  =====  ========
+pass (per cell)                         exp    log   division
+=====================================  =====  =====  ========
+forward, training, none                   4      4       4
+forward, training, softmax + stats        7      5       5
+forward, eval, softmax + stats           11      5       7
+backward, training, softmax + L0 grad    14     10      22
+backward, eval, softmax + L0 grad        28     12      28
+=====================================  =====  =====  ========
 
-(training forward: softplus a, b = 2 exp + 2 log; ``log u``; ``expm1(ls)``; ``log w``; ``exp lk``.
-Softmax attention needs one exp per cell: this kernel is bound by the SFU, not the tensor cores.)
-The counts are of the operations written in the kernel source below (``tl.exp``/``tl.log``, the
-divisions), checked against it by ``benchmarks/gpu_attention.py --count-ops``.
+(training forward: softplus of a and b = 2 exp + 2 log, ``log u``, ``expm1(ls)`` = exp + a
+polynomial, ``log w``, ``exp lk``; ``log1p`` is ``log`` with Goldberg's correction.  The backward
+counts both kernels, ``dk/dv`` and ``dq``, each of which recomputes the gate.  Softmax attention
+needs one exp per cell: this kernel is bound by the special-function units, not the tensor cores.)
 
 Supported: CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``, how the tests run them),
 float32 / bfloat16 / float16 inputs (gate math and accumulation in float32), any head dims up to
@@ -56,8 +52,8 @@ blocks above the diagonal are never visited), normalize "none" / "sum" / "softma
 and eval, dropout on the weights (its own counter stream, as the CPU path).  Not supported:
 ``need_weights=True`` (the weights are a ``T x S`` map: use the reference path) and float64.
 
-This module imports ``triton``; import it lazily (:func:`triton_available` tells whether it can
-be).
+This module imports ``triton``: the core imports it lazily, only for CUDA tensors and only when
+``triton`` is installed (``pip install .[gpu]``); everything else depends on torch alone.
 """
 from __future__ import annotations
 
@@ -73,7 +69,7 @@ from torch.autograd.function import once_differentiable
 
 from .distributions import DEFAULT_SUPPORT
 from .stats import AttentionStats, report_stats, stats_requested
-from .streaming import DROPOUT_STREAM, draw_seed, murmur3_row_hash
+from .streaming import DROPOUT_STREAM, draw_seed
 
 __all__ = [
     "scaled_dot_product_hardkuma_triton",
@@ -357,7 +353,7 @@ def _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale,
 # ---------------------------------------------------------------------- forward kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["h_seed", "h_drop"])
 def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
                 sqa_b, sqa_h, sqa_t, sqa_d, ska_b, ska_h, ska_n, ska_d,
                 sqb_b, sqb_h, sqb_t, sqb_d, skb_b, skb_h, skb_n, skb_d,
@@ -374,8 +370,8 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
     the row max / normaliser (``ML``: (2, BH, T)) and the row statistics (``STATS``: (3, BH, T))."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = bh // H
-    h_i = bh % H
+    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
+    h_i = (bh % H).to(tl.int64)
     QA += b_i * sqa_b + h_i * sqa_h
     QB += b_i * sqb_b + h_i * sqb_h
     KA += b_i * ska_b + h_i * ska_h
@@ -459,8 +455,8 @@ def _delta_kernel(OUT, GO, DELTA, H, T, so_b, so_h, so_t, so_d, sg_b, sg_h, sg_t
     """``D_i = g_i . out_i`` in float32 (``DELTA``: (BH, T))."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = bh // H
-    h_i = bh % H
+    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
+    h_i = (bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     o = _load_rows(OUT + b_i * so_b + h_i * so_h, offs_m, T, so_t, so_d, DV, BDV).to(tl.float32)
     g = _load_rows(GO + b_i * sg_b + h_i * sg_h, offs_m, T, sg_t, sg_d, DV, BDV).to(tl.float32)
@@ -484,7 +480,7 @@ def _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM: tl.constexpr):
     return m[:, None], Di[:, None], il[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["h_seed", "h_drop"])
 def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB, DV,
                    sqa_b, sqa_h, sqa_t, sqa_d, ska_b, ska_h, ska_n, ska_d,
                    sqb_b, sqb_h, sqb_t, sqb_d, skb_b, skb_h, skb_n, skb_d,
@@ -501,8 +497,8 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
     blocks and writes ``dka``, ``dkb`` and ``dv`` (contiguous (BH, S, D), their own dtype)."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = bh // H
-    h_i = bh % H
+    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
+    h_i = (bh % H).to(tl.int64)
     QA += b_i * sqa_b + h_i * sqa_h
     QB += b_i * sqb_b + h_i * sqb_h
     KA += b_i * ska_b + h_i * ska_h
@@ -551,7 +547,7 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
     _store_rows(DV + bh * S * DV_, dv.to(DV.dtype.element_ty), offs_n, S, DV_, 1, DV_, BDV)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["h_seed", "h_drop"])
 def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, DBIAS,
                   sqa_b, sqa_h, sqa_t, sqa_d, ska_b, ska_h, ska_n, ska_d,
                   sqb_b, sqb_h, sqb_t, sqb_d, skb_b, skb_h, skb_n, skb_d,
@@ -569,8 +565,8 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
     ``dsa`` into the (BH, T, S) ``DBIAS``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = bh // H
-    h_i = bh % H
+    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
+    h_i = (bh % H).to(tl.int64)
     QA += b_i * sqa_b + h_i * sqa_h
     QB += b_i * sqb_b + h_i * sqb_h
     KA += b_i * ska_b + h_i * ska_h
@@ -610,7 +606,7 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
         dqb += _dot(dsb.to(kb.dtype), kb, PREC, DOT_F32)
         if WANT_DBIAS:
             inb = (offs_m[:, None] < T) & (offs_n[None, :] < S)
-            tl.store(DBIAS + bh * T * S + offs_m[:, None] * S + offs_n[None, :], dsa, mask=inb)
+            tl.store(DBIAS + bh.to(tl.int64) * T * S + offs_m[:, None] * S + offs_n[None, :], dsa, mask=inb)
     _store_rows(DQA + bh * T * DA, (dqa * scale).to(DQA.dtype.element_ty), offs_m, T, DA, 1, DA, BDA)
     _store_rows(DQB + bh * T * DB, (dqb * scale).to(DQB.dtype.element_ty), offs_m, T, DB, 1, DB, BDB)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,53 @@ def test_unsupported_inputs_are_named(results):
     assert "need_weights" in reasons["need_weights"]
     assert "float64" in reasons["float64"]
     assert reasons["ok"] is None
+
+
+# ---------------------------------------------------------------------- the GPU benchmark script
+
+BENCH = ROOT / "benchmarks" / "gpu_attention.py"
+
+
+def _doc_counts(text: str):
+    """The op-count rows ``(pass, exp, log, division)`` of a docstring table."""
+    rows = re.findall(r"^\s*((?:forward|backward)[^|\n]*?)\s{2,}(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)
+    return {name.strip(): tuple(float(x) for x in nums) for name, *nums in rows}
+
+
+def test_benchmark_help():
+    proc = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--dry-run" in proc.stdout and "--out" in proc.stdout
+
+
+def test_benchmark_needs_out():
+    proc = subprocess.run([sys.executable, str(BENCH)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install .[gpu])")
+def test_benchmark_dry_run(tmp_path):
+    """The table code runs end to end on tiny CPU shapes through the interpreter; its agreement
+    rows are small and its op counts are the ones the docstrings state."""
+    out = tmp_path / "gpu.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = out.read_text()
+    assert "error" not in text.lower()
+    assert re.search(r"^\| hardkuma \| 32 \| 32 \| 2 \| [0-9.]+ \|", text, re.M)
+    assert re.search(r"^\| sdpa-flash \| 32 \| 32 \|", text, re.M)
+    diffs = re.findall(r"^\| float32 \| (\w+) \| ([0-9.e+-]+) \| ([0-9.e+-]+) \|$", text, re.M)
+    assert len(diffs) == 8
+    for name, diff, scale in diffs:
+        assert float(diff) <= 1e-4 * (1 + float(scale)), (name, diff, scale)
+    measured = {m[0].strip(): tuple(float(x) for x in m[1:])
+                for m in re.findall(r"^\| ((?:forward|backward)[^|]*)\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)}
+    assert len(measured) == 5
+    for doc in (BENCH.read_text(), (ROOT / "hardkuma_attention" / "triton_kernels.py").read_text()):
+        assert _doc_counts(doc) == measured
 
 
 if __name__ == "__main__":
