@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", default=["sdpa-flash", "flex-sigmoid", "hardkuma", "hardkuma-eval"])
     p.add_argument("--agreement-length", type=int, default=1024)
     p.add_argument("--skip-agreement", action="store_true")
+    p.add_argument("--no-tune", dest="tune", action="store_false",
+                   help="use the default launch parameters instead of timing a small grid first")
+    p.add_argument("--tune-length", type=int, default=4096)
     p.add_argument("--skip-count", action="store_true")
     p.add_argument("--count-only", action="store_true", help="print the op-count table and exit")
     p.add_argument("--dry-run", action="store_true",
@@ -87,7 +90,7 @@ def parse_args(argv=None):
         p.error("--out is required (a Markdown file)")
     if args.dry_run:
         args.lengths, args.head_dims, args.heads, args.tokens = [32], [32], 2, 64
-        args.warmup, args.reps, args.agreement_length = 0, 1, 32
+        args.warmup, args.reps, args.agreement_length, args.tune = 0, 1, 32, False
     return args
 
 
@@ -182,7 +185,7 @@ def _flex(q, k, v, go, cuda):
     def score_mod(score, b, h, q_idx, kv_idx):
         return torch.log(torch.sigmoid(score))
 
-    flex = torch.compile(flex_attention, dynamic=False) if cuda else flex_attention
+    flex = torch.compile(flex_attention) if cuda else flex_attention  # dynamic after the first new shape
 
     def fwd():
         with torch.no_grad():
@@ -195,7 +198,7 @@ def _flex(q, k, v, go, cuda):
     return fwd, step
 
 
-def _hardkuma(q, k, v, go, cuda, training=True, normalize="softmax"):
+def _hardkuma(q, k, v, go, cuda, training=True, normalize="softmax", kernel=None):
     import torch
 
     from hardkuma_attention.triton_kernels import scaled_dot_product_hardkuma_triton
@@ -206,7 +209,7 @@ def _hardkuma(q, k, v, go, cuda, training=True, normalize="softmax"):
     def call():
         qa, qb, ka, kb = q[..., :half], q[..., half:], k[..., :half], k[..., half:]
         return scaled_dot_product_hardkuma_triton(qa, ka, qb, kb, v, scale=scale, training=training,
-                                                  normalize=normalize, want_stats=True)
+                                                  normalize=normalize, want_stats=True, kernel=kernel)
 
     def fwd():
         with torch.no_grad():
@@ -221,22 +224,24 @@ def _hardkuma(q, k, v, go, cuda, training=True, normalize="softmax"):
 
 
 _METHODS = {
-    "sdpa-flash": lambda q, k, v, go, cuda: _sdpa(q, k, v, go, cuda),
-    "flex-sigmoid": lambda q, k, v, go, cuda: _flex(q, k, v, go, cuda),
-    "hardkuma": lambda q, k, v, go, cuda: _hardkuma(q, k, v, go, cuda, training=True),
-    "hardkuma-eval": lambda q, k, v, go, cuda: _hardkuma(q, k, v, go, cuda, training=False),
+    "sdpa-flash": lambda q, k, v, go, cuda, kernel: _sdpa(q, k, v, go, cuda),
+    "flex-sigmoid": lambda q, k, v, go, cuda, kernel: _flex(q, k, v, go, cuda),
+    "hardkuma": lambda q, k, v, go, cuda, kernel: _hardkuma(q, k, v, go, cuda, training=True, kernel=kernel),
+    "hardkuma-eval": lambda q, k, v, go, cuda, kernel: _hardkuma(q, k, v, go, cuda, training=False, kernel=kernel),
 }
+#: (block_m, block_n, num_warps, num_stages) tried by --tune
+_TUNE_GRID = ((64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2))
 _FWD_ONLY = {"hardkuma-eval"}
 
 
-def _measure(method, B, H, T, D, args, device, dtype):
+def _measure(method, B, H, T, D, args, device, dtype, kernel=None):
     """``dict(fwd, step, peak)`` (ms, ms, MiB) of one method at one shape, or an ``error``."""
     import torch
 
     cuda = device.type == "cuda"
     try:
         q, k, v, go = _inputs(B, H, T, D, dtype, device)
-        fwd, step = _METHODS[method](q, k, v, go, cuda)
+        fwd, step = _METHODS[method](q, k, v, go, cuda, kernel if kernel is not None else args.kernels.get(D))
         res = dict(fwd=_time_ms(fwd, args.warmup, args.reps, cuda))
         if method not in _FWD_ONLY:
             res["step"] = _time_ms(step, args.warmup, args.reps, cuda)
@@ -249,9 +254,31 @@ def _measure(method, B, H, T, D, args, device, dtype):
             torch.cuda.empty_cache()
 
 
-def speed_table(args, device, dtype) -> str:
-    rows = ["| method | head dim | T | B | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | peak MiB | memory ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+def tune(args, device, dtype) -> dict:
+    """The fastest :class:`KernelConfig` of :data:`_TUNE_GRID` for the HardKuma training step per
+    head dim, timed at ``T = --tune-length`` (``B T = --tokens``)."""
+    from hardkuma_attention.triton_kernels import KernelConfig
+
+    best = {}
+    T = args.tune_length
+    B = max(1, args.tokens // T)
+    for D in args.head_dims:
+        timed = []
+        for bm, bn, nw, ns in _TUNE_GRID:
+            kernel = KernelConfig(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+            r = _measure("hardkuma", B, args.heads, T, D, args, device, dtype, kernel=kernel)
+            print("tune", D, kernel, r, flush=True)
+            if "error" not in r:
+                timed.append((r["step"], kernel))
+        if timed:
+            best[D] = min(timed, key=lambda x: x[0])[1]
+    return best
+
+
+def speed_rows(args, device, dtype):
+    """Yields the Markdown rows of the speed table, one measured row at a time."""
+    yield "| method | head dim | T | B | fwd ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio | peak MiB | memory ratio |"
+    yield "|---|---|---|---|---|---|---|---|---|---|"
     fmt = lambda x, f="{:.2f}": "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f.format(x)  # noqa: E731
     for D in args.head_dims:
         for T in args.lengths:
@@ -261,15 +288,14 @@ def speed_table(args, device, dtype) -> str:
                 r = _measure(method, B, args.heads, T, D, args, device, dtype)
                 print(method, D, T, B, r, flush=True)
                 if "error" in r:
-                    rows.append(f"| {method} | {D} | {T} | {B} | {r['error']} |  |  |  |  |  |")
+                    yield f"| {method} | {D} | {T} | {B} | {r['error']} |  |  |  |  |  |"
                     continue
                 if method == "sdpa-flash":
                     base = r
                 ratio = lambda key: (r[key] / base[key]) if base and key in r and key in base and base[key] else None  # noqa: E731
-                rows.append(f"| {method} | {D} | {T} | {B} | {fmt(r['fwd'])} | {fmt(ratio('fwd'), '{:.2f}×')} | "
-                            f"{fmt(r.get('step'))} | {fmt(ratio('step'), '{:.2f}×')} | {fmt(r.get('peak'), '{:.0f}')} | "
-                            f"{fmt(ratio('peak'), '{:.2f}×')} |")
-    return "\n".join(rows)
+                yield (f"| {method} | {D} | {T} | {B} | {fmt(r['fwd'])} | {fmt(ratio('fwd'), '{:.2f}×')} | "
+                       f"{fmt(r.get('step'))} | {fmt(ratio('step'), '{:.2f}×')} | {fmt(r.get('peak'), '{:.0f}')} | "
+                       f"{fmt(ratio('peak'), '{:.2f}×')} |")
 
 
 # ---------------------------------------------------------------------- agreement with the CPU path
@@ -426,16 +452,28 @@ def main(argv=None) -> int:
     dtype = torch.float32 if args.dry_run else torch.bfloat16
     if args.dry_run:
         args.methods = [m for m in args.methods if m != "flex-sigmoid"]  # compiled FlexAttention needs a GPU
-    parts = ["# HardKuma attention on the GPU\n", _header(device, dtype, args), "## Speed and memory\n",
-             speed_table(args, device, dtype), ""]
+    out, t0 = Path(args.out), time.time()
+    parts = ["# HardKuma attention on the GPU\n", _header(device, dtype, args)]
+    flush = lambda: _write(out, "\n".join(parts) + "\n")  # noqa: E731 - a killed run keeps what it measured
+    if not args.skip_count:
+        try:
+            table = count_table(count_ops() if _interpreting() else _counts_via_subprocess())
+        except Exception as e:  # noqa: BLE001 - the timings matter more
+            table = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        parts += ["## Transcendental ops per cell (interpreter count)\n", table, ""]
+        flush()
+    args.kernels = tune(args, device, dtype) if args.tune else {}
+    tuned = "; ".join(f"head dim {d}: {k}" for d, k in args.kernels.items()) or "defaults"
+    parts += [f"HardKuma launch parameters: {tuned}.\n", "## Speed and memory\n"]
+    for row in speed_rows(args, device, dtype):
+        parts.append(row)
+        flush()
+    parts.append("")
     if not args.skip_agreement:
         parts += ["## Agreement with the CPU reference path (same seed)\n", agreement_table(args, device), ""]
-    if not args.skip_count:
-        counts = count_ops() if _interpreting() else _counts_via_subprocess()
-        parts += ["## Transcendental ops per cell (interpreter count)\n", count_table(counts), ""]
-    text = "\n".join(parts) + "\n"
-    _write(Path(args.out), text)
-    print(text)
+    parts.append(f"Total wall time {time.time() - t0:.0f} s.")
+    flush()
+    print(out.read_text())
     return 0
 
 
