@@ -83,10 +83,13 @@ def parse_args(argv=None):
     p.add_argument("--tune-length", type=int, default=4096)
     p.add_argument("--skip-count", action="store_true")
     p.add_argument("--count-only", action="store_true", help="print the op-count table and exit")
+    p.add_argument("--compile-only", type=int, metavar="ARCH", default=None,
+                   help="compile the training kernels for sm_ARCH (e.g. 90) without a GPU and print registers "
+                        "and spills per launch configuration of the --tune grid, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny shapes on CPU through TRITON_INTERPRET=1 (checks the script, not a measurement)")
     args = p.parse_args(argv)
-    if not args.count_only and not args.out:
+    if not args.count_only and args.compile_only is None and not args.out:
         p.error("--out is required (a Markdown file)")
     if args.dry_run:
         args.lengths, args.head_dims, args.heads, args.tokens = [32], [32], 2, 64
@@ -415,6 +418,78 @@ def _counts_via_subprocess() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------- ahead-of-time compile check
+
+_FLOAT_ARGS = {"scale", "p_drop", "lo", "hi", "amin", "amax", "log_k0", "log_k1"}
+_F32_PTRS = {"ML", "STATS", "DELTA", "GL0", "DBIAS"}
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> dict:
+    """Triton signature of one of the kernels: data pointers of ``dtype``, masks ``*u8``."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.isupper() and name not in ("H", "T", "S"):  # pointers (H, T, S are sizes)
+            sig[name] = "*u8" if name == "VALID" else "*fp32" if name in _F32_PTRS else f"*{dtype}"
+        else:
+            sig[name] = "fp32" if name in _FLOAT_ARGS else "i32"
+    return sig
+
+
+def _ptxas():
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    return next((str(bin_dir / n) for n in ("ptxas-blackwell", "ptxas") if (bin_dir / n).exists()), "ptxas")
+
+
+def compile_report(arch: int, configs, head_dim: int = 64) -> list:
+    """Compile the training kernels (bf16, split head dim, softmax, statistics, all masks,
+    dropout) for ``sm_<arch>`` without a GPU and read registers / spills from ``ptxas -v``."""
+    import re
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from hardkuma_attention import triton_kernels as tk
+
+    half = head_dim // 2
+    common = dict(DA=half, DB=half, BDA=max(16, half), BDB=max(16, half), BDV=head_dim, HAS_BIAS=True,
+                  HAS_VALID=True, IS_CAUSAL=True, TRAINING=True, NORM=2, DROPOUT=True, PREC="tf32", DOT_F32=False)
+    kernels = {"forward": (tk._fwd_kernel, dict(DV=head_dim, WANT_STATS=True, SKIP_ZERO=True)),
+               "backward dk/dv": (tk._bwd_kv_kernel, dict(DV_=head_dim, WANT_L0=True, SKIP_ZERO=True)),
+               "backward dq": (tk._bwd_q_kernel, dict(DV_=head_dim, WANT_L0=True, WANT_DBIAS=False))}
+    rows = []
+    for bm, bn, nw, ns in configs:
+        for label, (fn, extra) in kernels.items():
+            ce = dict(common, BLOCK_M=bm, BLOCK_N=bn, **extra)
+            src = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, "bf16", ce), constexprs=ce)
+            try:
+                k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=nw, num_stages=ns))
+                with tempfile.TemporaryDirectory() as d:
+                    ptx = Path(d) / "k.ptx"
+                    ptx.write_text(k.asm["ptx"])
+                    log = subprocess.run([_ptxas(), f"--gpu-name=sm_{arch}a", "-v", str(ptx), "-o", str(ptx) + ".cubin"],
+                                         capture_output=True, text=True).stderr
+                regs = re.search(r"Used (\d+) registers", log)
+                spill = re.search(r"(\d+) bytes spill stores", log)
+                rows.append((label, bm, bn, nw, ns, int(regs.group(1)) if regs else -1,
+                             int(spill.group(1)) if spill else -1, ""))
+            except Exception as e:  # noqa: BLE001
+                rows.append((label, bm, bn, nw, ns, -1, -1, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def compile_table(rows) -> str:
+    out = ["| kernel | block_m | block_n | warps | stages | registers | spill stores (bytes) | error |",
+           "|---|---|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -442,6 +517,11 @@ def main(argv=None) -> int:
         return _reexec_interpreted(argv)
     if args.count_only:
         print(count_table(count_ops()))
+        return 0
+    if args.compile_only is not None:
+        for D in args.head_dims:
+            print(f"head dim {D}")
+            print(compile_table(compile_report(args.compile_only, _TUNE_GRID, D)))
         return 0
     import torch
 
