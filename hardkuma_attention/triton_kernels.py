@@ -320,10 +320,15 @@ def _store_rows(ptr, x, offs, n, s_n, s_d, D: tl.constexpr, BD: tl.constexpr):
 @triton.jit
 def _allowed(VALID, sv_t, sv_s, offs_m, offs_n, T, S, causal_off,
              HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """Allowed cells of a tile; ``HAS_VALID``: 0 no mask, 1 a key mask (the same for every query:
+    one (N,) load), 2 a full (T, S) mask."""
     ok = (offs_m[:, None] < T) & (offs_n[None, :] < S)
     if IS_CAUSAL:
         ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
-    if HAS_VALID:
+    if HAS_VALID == 1:
+        vk = tl.load(VALID + offs_n * sv_s, mask=offs_n < S, other=0)
+        ok = ok & (vk != 0)[None, :]
+    elif HAS_VALID == 2:
         vv = tl.load(VALID + offs_m[:, None] * sv_t + offs_n[None, :] * sv_s, mask=ok, other=0)
         ok = ok & (vv != 0)
     return ok
@@ -341,10 +346,13 @@ def _dot(a, b, PREC: tl.constexpr, DOT_F32: tl.constexpr):
 @triton.jit
 def _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale,
             HAS_BIAS: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
-    """``(sa, sb)`` of a tile (float32) from the query tiles (M, D) and key tiles (N, D)."""
+    """``(sa, sb)`` of a tile (float32) from the query tiles (M, D) and key tiles (N, D);
+    ``HAS_BIAS`` 0 / 1 (a key bias, one (N,) load) / 2 (a full (T, S) bias)."""
     sa = _dot(qa, tl.trans(ka), PREC, DOT_F32) * scale
     sb = _dot(qb, tl.trans(kb), PREC, DOT_F32) * scale
-    if HAS_BIAS:
+    if HAS_BIAS == 1:
+        sa += tl.load(BIAS + offs_n * sbi_s, mask=offs_n < S, other=0.0).to(tl.float32)[None, :]
+    elif HAS_BIAS == 2:
         inb = (offs_m[:, None] < T) & (offs_n[None, :] < S)
         sa += tl.load(BIAS + offs_m[:, None] * sbi_t + offs_n[None, :] * sbi_s, mask=inb, other=0.0).to(tl.float32)
     return sa, sb
@@ -745,12 +753,20 @@ def _mask_args(p: _Prepared, dummy):
     return bias, valid, sb, sv
 
 
+def _mask_kind(x) -> int:
+    """0: no mask / bias; 1: the same for every query (an expanded (..., 1, S) key mask: one
+    (N,) load per key block); 2: a full (..., T, S) one."""
+    if x is None:
+        return 0
+    return 1 if x.stride(2) == 0 else 2
+
+
 def _flags(p: _Prepared, c: _Call):
     qa, _, qb, _, v = p.xs
     da, db, dv = qa.shape[-1], qb.shape[-1], v.shape[-1]
     return dict(DA=da, DB=db, BDA=_pow2(da), BDB=_pow2(db), BDV=_pow2(dv),
                 BLOCK_M=c.kernel.block_m, BLOCK_N=c.kernel.block_n,
-                HAS_BIAS=p.bias is not None, HAS_VALID=p.valid is not None, IS_CAUSAL=c.is_causal,
+                HAS_BIAS=_mask_kind(p.bias), HAS_VALID=_mask_kind(p.valid), IS_CAUSAL=c.is_causal,
                 TRAINING=c.training, NORM=_NORM_CODE[c.normalize],
                 DROPOUT=c.training and c.dropout_p > 0, PREC="ieee" if qa.dtype == torch.float32 else "tf32",
                 DOT_F32=interpreting() and qa.dtype == torch.bfloat16,

@@ -28,9 +28,9 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 CASES = {
     "eval_none_plain_d32": dict(training=False, normalize="none"),
     "eval_softmax_padding_causal": dict(training=False, normalize="softmax", padding=True, causal=True),
-    "eval_sum_bias_d64": dict(training=False, normalize="sum", bias=True, D=64),
+    "eval_sum_bias_d64_no_skip": dict(training=False, normalize="sum", bias=True, D=64, no_skip=True),
     "train_none_padding_bias": dict(training=True, normalize="none", padding=True, bias=True),
-    "train_sum_causal": dict(training=True, normalize="sum", causal=True),
+    "train_sum_causal_key_bias": dict(training=True, normalize="sum", causal=True, key_bias=True),
     "train_softmax_all_masks_dropout": dict(training=True, normalize="softmax", padding=True, bias=True,
                                             causal=True, dropout=0.25),
     "train_softmax_d64_causal": dict(training=True, normalize="softmax", causal=True, D=64, T=17, S=17),
@@ -70,6 +70,8 @@ def _inputs(case, torch):
         valid[1] = False  # a whole batch element
     if case.get("bias"):
         bias = torch.randn(1, H, T, S, generator=g).requires_grad_()
+    if case.get("key_bias"):  # the same for every query: the kernels load it once per key block
+        bias = torch.randn(B, 1, 1, S, generator=g).requires_grad_()
     return xs, valid, bias
 
 
@@ -103,8 +105,9 @@ def _worker(path):
 
     results = {}
     for name, case in CASES.items():
-        tri = _run_one(scaled_dot_product_hardkuma_triton, case, torch,
-                       dict(kernel=KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)))
+        kernel = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
+                              skip_zero_tiles=not case.get("no_skip"))
+        tri = _run_one(scaled_dot_product_hardkuma_triton, case, torch, dict(kernel=kernel))
         ref = _run_one(scaled_dot_product_hardkuma, case, torch, dict(compile=False))
         rows = {}
         for key, a, b in zip(NAMES, tri, ref):
