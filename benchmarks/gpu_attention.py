@@ -85,7 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--count-only", action="store_true", help="print the op-count table and exit")
     p.add_argument("--compile-only", type=int, metavar="ARCH", default=None,
                    help="compile the training kernels for sm_ARCH (e.g. 90) without a GPU and print registers "
-                        "and spills per launch configuration of the --tune grid, then exit")
+                        "and spills per launch configuration (--compile-configs), then exit")
+    p.add_argument("--compile-configs", nargs="+", default=None, metavar="BM,BN,WARPS,STAGES",
+                   help="launch configurations for --compile-only (default: the --tune grid)")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny shapes on CPU through TRITON_INTERPRET=1 (checks the script, not a measurement)")
     args = p.parse_args(argv)
@@ -519,10 +521,14 @@ def main(argv=None) -> int:
         print(count_table(count_ops()))
         return 0
     if args.compile_only is not None:
+        configs = [tuple(int(x) for x in c.split(",")) for c in args.compile_configs] if args.compile_configs \
+            else _TUNE_GRID
+        rows = []
         for D in args.head_dims:
             print(f"head dim {D}")
-            print(compile_table(compile_report(args.compile_only, _TUNE_GRID, D)))
-        return 0
+            rows += compile_report(args.compile_only, configs, D)
+        print(compile_table(rows))
+        return 1 if any(r[-1] for r in rows) else 0
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():

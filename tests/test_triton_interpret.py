@@ -220,6 +220,21 @@ def test_benchmark_dry_run(tmp_path):
         assert _doc_counts(doc) == measured
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install .[gpu])")
+def test_kernels_compile_for_the_gpu():
+    """What the interpreter cannot check: the training kernels (all masks, softmax, statistics,
+    dropout; bf16, head dim 64) compile to sm_90 machine code (triton's own ptxas, no GPU needed)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               TRITON_DEFAULT_FP_FUSION="1")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, str(BENCH), "--compile-only", "90", "--head-dims", "64",
+                           "--compile-configs", "64,32,4,2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = re.findall(r"^\| (forward|backward dk/dv|backward dq) \| 64 \| 32 \| 4 \| 2 \| (\d+) \|", proc.stdout, re.M)
+    assert len(rows) == 3 and all(int(r[1]) > 0 for r in rows), proc.stdout
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         _worker(sys.argv[2])
