@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--compile-only", type=int, metavar="ARCH", default=None,
                    help="compile the training kernels for sm_ARCH (e.g. 90) without a GPU and print registers "
                         "and spills per launch configuration (--compile-configs), then exit")
-    p.add_argument("--compile-configs", nargs="+", default=None, metavar="BM,BN,WARPS,STAGES",
+    p.add_argument("--compile-configs", nargs="+", default=None, metavar="BM,BN,WARPS,STAGES,BWD_BM,BWD_BN,BWD_WARPS,BWD_STAGES",
                    help="launch configurations for --compile-only (default: the --tune grid)")
     p.add_argument("--dry-run", action="store_true",
                    help="tiny shapes on CPU through TRITON_INTERPRET=1 (checks the script, not a measurement)")
@@ -234,8 +234,17 @@ _METHODS = {
     "hardkuma": lambda q, k, v, go, cuda, kernel: _hardkuma(q, k, v, go, cuda, training=True, kernel=kernel),
     "hardkuma-eval": lambda q, k, v, go, cuda, kernel: _hardkuma(q, k, v, go, cuda, training=False, kernel=kernel),
 }
-#: (block_m, block_n, num_warps, num_stages) tried by --tune
-_TUNE_GRID = ((64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2))
+#: launch parameters tried by --tune: (block_m, block_n, num_warps, num_stages) of the forward, then
+#: the same of the backward kernels (the first is KernelConfig's default)
+_TUNE_GRID = ((64, 32, 4, 2, 64, 16, 4, 2), (64, 64, 8, 2, 32, 16, 4, 2), (128, 32, 8, 2, 64, 32, 8, 2),
+              (32, 32, 4, 3, 32, 16, 4, 3))
+
+
+def _kernel_config(c):
+    from hardkuma_attention.triton_kernels import KernelConfig
+
+    return KernelConfig(block_m=c[0], block_n=c[1], num_warps=c[2], num_stages=c[3], bwd_block_m=c[4],
+                        bwd_block_n=c[5], bwd_num_warps=c[6], bwd_num_stages=c[7])
 _FWD_ONLY = {"hardkuma-eval"}
 
 
@@ -262,15 +271,13 @@ def _measure(method, B, H, T, D, args, device, dtype, kernel=None):
 def tune(args, device, dtype) -> dict:
     """The fastest :class:`KernelConfig` of :data:`_TUNE_GRID` for the HardKuma training step per
     head dim, timed at ``T = --tune-length`` (``B T = --tokens``)."""
-    from hardkuma_attention.triton_kernels import KernelConfig
-
     best = {}
     T = args.tune_length
     B = max(1, args.tokens // T)
     for D in args.head_dims:
         timed = []
-        for bm, bn, nw, ns in _TUNE_GRID:
-            kernel = KernelConfig(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+        for c in _TUNE_GRID:
+            kernel = _kernel_config(c)
             r = _measure("hardkuma", B, args.heads, T, D, args, device, dtype, kernel=kernel)
             print("tune", D, kernel, r, flush=True)
             if "error" not in r:
@@ -388,7 +395,8 @@ def count_ops() -> dict:
         for label, cfg in _COUNT_PASSES.items():
             g = torch.Generator().manual_seed(0)
             xs = [torch.randn(1, 1, n, 32, generator=g).requires_grad_() for n in (T, S, T, S, S)]
-            kernel = tk.KernelConfig(block_m=bm, block_n=bn, num_warps=1, num_stages=1)
+            kernel = tk.KernelConfig(block_m=bm, block_n=bn, num_warps=1, num_stages=1, bwd_block_m=bm,
+                                     bwd_block_n=bn, bwd_num_warps=1, bwd_num_stages=1)
             out, _, st = tk.scaled_dot_product_hardkuma_triton(
                 *xs, scale=0.2, training=cfg["training"], normalize=cfg["normalize"],
                 want_stats=cfg["want_stats"], kernel=kernel)
@@ -447,8 +455,9 @@ def _ptxas():
 
 
 def compile_report(arch: int, configs, head_dim: int = 64) -> list:
-    """Compile the training kernels (bf16, split head dim, softmax, statistics, all masks,
-    dropout) for ``sm_<arch>`` without a GPU and read registers / spills from ``ptxas -v``."""
+    """Compile the training kernels (bf16, split head dim, softmax, statistics, key padding,
+    causal) for ``sm_<arch>`` without a GPU and read registers / spills from ``ptxas -v``;
+    ``configs``: tuples as :data:`_TUNE_GRID`."""
     import re
     import tempfile
 
@@ -458,14 +467,15 @@ def compile_report(arch: int, configs, head_dim: int = 64) -> list:
     from hardkuma_attention import triton_kernels as tk
 
     half = head_dim // 2
-    common = dict(DA=half, DB=half, BDA=max(16, half), BDB=max(16, half), BDV=head_dim, HAS_BIAS=True,
-                  HAS_VALID=True, IS_CAUSAL=True, TRAINING=True, NORM=2, DROPOUT=True, PREC="tf32", DOT_F32=False)
+    common = dict(DA=half, DB=half, BDA=max(16, half), BDB=max(16, half), BDV=head_dim, HAS_BIAS=0,
+                  HAS_VALID=1, IS_CAUSAL=True, TRAINING=True, NORM=2, DROPOUT=False, PREC="tf32", DOT_F32=False)
     kernels = {"forward": (tk._fwd_kernel, dict(DV=head_dim, WANT_STATS=True, SKIP_ZERO=True)),
                "backward dk/dv": (tk._bwd_kv_kernel, dict(DV_=head_dim, WANT_L0=True, SKIP_ZERO=True)),
                "backward dq": (tk._bwd_q_kernel, dict(DV_=head_dim, WANT_L0=True, WANT_DBIAS=False))}
     rows = []
-    for bm, bn, nw, ns in configs:
+    for config in configs:
         for label, (fn, extra) in kernels.items():
+            bm, bn, nw, ns = config[:4] if label == "forward" else config[4:]
             ce = dict(common, BLOCK_M=bm, BLOCK_N=bn, **extra)
             src = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, "bf16", ce), constexprs=ce)
             try:

@@ -626,21 +626,39 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
 class KernelConfig:
     """Launch parameters (results do not depend on them beyond float rounding).
 
-    ``block_m`` x ``block_n``: the query x key tile of the forward and ``dq`` kernels (the
-    ``dk``/``dv`` kernel uses the same two sizes); ``skip_zero_tiles``: skip the ``P V``
-    (forward) and ``P^T dO`` (backward) products of tiles whose weights are all exactly 0."""
+    ``block_m`` x ``block_n``, ``num_warps``, ``num_stages``: the query x key tile and launch of
+    the forward kernel; ``bwd_*`` the same for both backward kernels (the ``dk/dv`` kernel owns
+    ``bwd_block_n`` keys and loops over query blocks of ``bwd_block_m``, the ``dq`` kernel the
+    other way round); ``skip_zero_tiles``: skip the ``P V`` (forward) and ``P^T dO`` (backward)
+    products of tiles whose weights are all exactly 0.
+
+    The defaults are the largest tiles whose training kernels (bf16, head dim 64, softmax,
+    statistics, key padding, causal) compile for sm_90 without register spills
+    (``python benchmarks/gpu_attention.py --compile-only 90``); the gate math keeps many float32
+    values per cell live, so the tiles are smaller than FlashAttention's."""
 
     block_m: int = 64
-    block_n: int = 64
+    block_n: int = 32
     num_warps: int = 4
     num_stages: int = 2
+    bwd_block_m: int = 64
+    bwd_block_n: int = 16
+    bwd_num_warps: int = 4
+    bwd_num_stages: int = 2
     skip_zero_tiles: bool = True
 
     @staticmethod
     def default(head_dim: int) -> "KernelConfig":
         if interpreting():
-            return KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
-        return KernelConfig(block_m=64, block_n=64 if head_dim <= 64 else 32, num_warps=4, num_stages=2)
+            return KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, bwd_block_m=16, bwd_block_n=16,
+                                bwd_num_warps=1, bwd_num_stages=1)
+        return KernelConfig()
+
+    def launch(self, backward: bool) -> dict:
+        if backward:
+            return dict(BLOCK_M=self.bwd_block_m, BLOCK_N=self.bwd_block_n, num_warps=self.bwd_num_warps,
+                        num_stages=self.bwd_num_stages)
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
 @dataclass(frozen=True)
@@ -761,16 +779,14 @@ def _mask_kind(x) -> int:
     return 1 if x.stride(2) == 0 else 2
 
 
-def _flags(p: _Prepared, c: _Call):
+def _flags(p: _Prepared, c: _Call, backward: bool = False):
     qa, _, qb, _, v = p.xs
     da, db, dv = qa.shape[-1], qb.shape[-1], v.shape[-1]
     return dict(DA=da, DB=db, BDA=_pow2(da), BDB=_pow2(db), BDV=_pow2(dv),
-                BLOCK_M=c.kernel.block_m, BLOCK_N=c.kernel.block_n,
                 HAS_BIAS=_mask_kind(p.bias), HAS_VALID=_mask_kind(p.valid), IS_CAUSAL=c.is_causal,
                 TRAINING=c.training, NORM=_NORM_CODE[c.normalize],
                 DROPOUT=c.training and c.dropout_p > 0, PREC="ieee" if qa.dtype == torch.float32 else "tf32",
-                DOT_F32=interpreting() and qa.dtype == torch.bfloat16,
-                num_warps=c.kernel.num_warps, num_stages=c.kernel.num_stages)
+                DOT_F32=interpreting() and qa.dtype == torch.bfloat16, **c.kernel.launch(backward))
 
 
 def _strides(*xs):
@@ -804,22 +820,21 @@ def _backward(p: _Prepared, c: _Call, inputs, out, ml, grad_out, grad_l0, want_d
     """Launch the backward kernels: ``(dqa, dka, dqb, dkb, dv, dbias)`` as (B, H, N, D) (``dbias``
     float32 (B, H, T, S) or None); ``inputs`` the original ``(qa, ka, qb, kb, v)``."""
     qa, ka, qb, kb, v = p.xs
-    dev, BH, f = qa.device, p.B * p.H, _flags(p, c)
+    dev, BH, f = qa.device, p.B * p.H, _flags(p, c, backward=True)
     g = grad_out.to(v.dtype).reshape(p.B, p.H, p.T, v.shape[-1])
     delta = torch.empty(BH * p.T, dtype=torch.float32, device=dev)
-    _delta_kernel[(triton.cdiv(p.T, c.kernel.block_m), BH)](
-        out, g, delta, p.H, p.T, *out.stride(), *g.stride(), DV=v.shape[-1], BDV=f["BDV"],
-        BLOCK_M=c.kernel.block_m)
+    _delta_kernel[(triton.cdiv(p.T, 64), BH)](
+        out, g, delta, p.H, p.T, *out.stride(), *g.stride(), DV=v.shape[-1], BDV=f["BDV"], BLOCK_M=64)
     want_l0 = c.want_stats and grad_l0 is not None
     gl0 = grad_l0.detach().float().reshape(1).contiguous() if want_l0 else delta
     dqa, dka, dqb, dkb, dv = (_grad_buffer(x, p, n) for x, n in zip(inputs, (p.T, p.S, p.T, p.S, p.S)))
     dbias = torch.zeros((p.B, p.H, p.T, p.S), dtype=torch.float32, device=dev) if want_dbias else delta
     bias, valid, sb, sv = _mask_args(p, delta)
     common = (*_strides(qa, ka, qb, kb, v), *sb, *sv, *g.stride(), p.H, p.T, p.S, *c.scalars(p.T, p.S))
-    _bwd_kv_kernel[(triton.cdiv(p.S, c.kernel.block_n), BH)](
+    _bwd_kv_kernel[(triton.cdiv(p.S, c.kernel.bwd_block_n), BH)](
         qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dka, dkb, dv, *common, DV_=v.shape[-1],
         WANT_L0=want_l0, SKIP_ZERO=c.kernel.skip_zero_tiles, **f)
-    _bwd_q_kernel[(triton.cdiv(p.T, c.kernel.block_m), BH)](
+    _bwd_q_kernel[(triton.cdiv(p.T, c.kernel.bwd_block_m), BH)](
         qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dqa, dqb, dbias, *common, DV_=v.shape[-1],
         WANT_L0=want_l0, WANT_DBIAS=want_dbias, **f)
     return dqa, dka, dqb, dkb, dv, dbias if want_dbias else None

@@ -33,7 +33,8 @@ CASES = {
     "train_sum_causal_key_bias": dict(training=True, normalize="sum", causal=True, key_bias=True),
     "train_softmax_all_masks_dropout": dict(training=True, normalize="softmax", padding=True, bias=True,
                                             causal=True, dropout=0.25),
-    "train_softmax_d64_causal": dict(training=True, normalize="softmax", causal=True, D=64, T=17, S=17),
+    "train_softmax_d64_causal_bwd_blocks": dict(training=True, normalize="softmax", causal=True, D=64, T=17, S=17,
+                                                bwd_blocks=(32, 16)),
     "train_none_3d_mask_kv_broadcast": dict(training=True, normalize="none", mask3d=True, kv_broadcast=True),
     "train_softmax_fully_masked_rows": dict(training=True, normalize="softmax", empty_rows=True),
     "train_sum_length_1": dict(training=True, normalize="sum", T=1, S=1),
@@ -105,8 +106,9 @@ def _worker(path):
 
     results = {}
     for name, case in CASES.items():
-        kernel = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1,
-                              skip_zero_tiles=not case.get("no_skip"))
+        bm, bn = case.get("bwd_blocks", (16, 16))
+        kernel = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, bwd_block_m=bm, bwd_block_n=bn,
+                              bwd_num_warps=1, bwd_num_stages=1, skip_zero_tiles=not case.get("no_skip"))
         tri = _run_one(scaled_dot_product_hardkuma_triton, case, torch, dict(kernel=kernel))
         ref = _run_one(scaled_dot_product_hardkuma, case, torch, dict(compile=False))
         rows = {}
@@ -228,10 +230,11 @@ def test_kernels_compile_for_the_gpu():
                TRITON_DEFAULT_FP_FUSION="1")
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, str(BENCH), "--compile-only", "90", "--head-dims", "64",
-                           "--compile-configs", "64,32,4,2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--compile-configs", "64,32,4,2,64,16,4,2"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = re.findall(r"^\| (forward|backward dk/dv|backward dq) \| 64 \| 32 \| 4 \| 2 \| (\d+) \|", proc.stdout, re.M)
+    rows = re.findall(r"^\| (forward|backward dk/dv|backward dq) \| (?:64 \| 32|64 \| 16) \| 4 \| 2 \| (\d+) \|",
+                      proc.stdout, re.M)
     assert len(rows) == 3 and all(int(r[1]) > 0 for r in rows), proc.stdout
 
 
