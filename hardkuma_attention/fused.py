@@ -5,13 +5,10 @@ full-size intermediates (softplus, clamp, log, expm1, exp, ... each keeps its in
 :class:`torch.autograd.Function` s here compute the same values under ``no_grad`` and save little:
 
 - :func:`hardkuma_gates` (scores given): saves the two score maps and the output;
-- :func:`hardkuma_attention_gates` (per-head queries and keys given, the attention layer's path):
-  saves only the queries, keys and the output, and recomputes the score maps in the backward pass
-  (two extra ``bmm``), as memory-efficient softmax attention does.  It works through blocks of query
-  rows (:data:`BLOCK_CELLS`), so no full-size intermediate but the output is ever allocated, and
-  with ``compile=True`` draws the noise inside the compiled kernel (:func:`_counter_uniform`).
+- :func:`expected_l0_sum` (scores given): saves the score maps.
 
-Neither saves the uniform noise: where a gate is strictly inside (0, 1) its Kumaraswamy value is
+(The attention layer's path, from per-head queries and keys without any ``T x S`` map, is
+:mod:`hardkuma_attention.streaming`.)  :func:`hardkuma_gates` does not save the uniform noise: where a gate is strictly inside (0, 1) its Kumaraswamy value is
 recovered from the output, ``k = (z - l)/(r - l)``, and everywhere else the gradient is 0.
 ``tests/test_core_functional.py`` checks both against the chain-of-ops reference with ``gradcheck``.
 
@@ -53,7 +50,6 @@ from .distributions import log1mexp
 __all__ = [
     "ab_from_scores",
     "hardkuma_gates",
-    "hardkuma_attention_gates",
     "expected_l0_sum",
     "row_sum_or_one",
 ]
@@ -74,39 +70,6 @@ def _gate_forward(sa, sb, u, lo: float, hi: float, amin: float, amax: float):
     w = torch.log(u).div_(b).expm1_().neg_()
     k = torch.log(w).div_(a).exp_()
     return k.mul_(hi - lo).add_(lo).clamp_(0.0, 1.0)
-
-
-def _gate_block(out, sa, sb, u, valid, lo: float, hi: float, amin: float, amax: float, eps: float):
-    """Masked gates of one block of query rows, written into ``out`` (a view of the full output).
-    (Drawing ``u`` inside the compiled kernel, with inductor's counter-based generator, was
-    measured slower than ``torch.rand`` outside it.)"""
-    z = _gate_forward(sa, sb, u.clamp(eps, 1.0 - eps), lo, hi, amin, amax)
-    if valid is not None:
-        z = z.masked_fill(~valid, 0.0)
-    out.copy_(z)
-
-
-_SPLITMIX = (-0x40A7B892E31B1A47, -0x6B2FB644ECCEEE15)  # 0xBF58476D1CE4E5B9, 0x94D049BB133111EB as int64
-
-
-_MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
-
-
-def _counter_uniform(shape, seed, dtype):
-    """Uniform noise in (0, 1) from a counter: the splitmix64 finaliser of ``seed + cell index``,
-    its top ``m`` bits (``m`` = the mantissa width of ``dtype``) as ``(bits + 1/2) / 2^m``.
-    Inside a compiled kernel this is a few integer instructions per cell and nothing is stored."""
-    x = torch.arange(math.prod(shape), dtype=torch.int64, device=seed.device).view(shape) + seed
-    x = (x ^ ((x >> 30) & ((1 << 34) - 1))) * _SPLITMIX[0]  # >> on int64 is arithmetic: mask the sign
-    x = (x ^ ((x >> 27) & ((1 << 37) - 1))) * _SPLITMIX[1]
-    x = x ^ ((x >> 31) & ((1 << 33) - 1))
-    m = _MANTISSA_BITS[dtype]
-    return (((x >> (64 - m)) & ((1 << m) - 1)).to(dtype) + 0.5) * (2.0 ** -m)
-
-
-def _gate_block_counter(out, sa, sb, seed, valid, lo: float, hi: float, amin: float, amax: float, eps: float):
-    """:func:`_gate_block` with the noise drawn by :func:`_counter_uniform` (compiled path)."""
-    _gate_block(out, sa, sb, _counter_uniform(out.shape, seed, out.dtype), valid, lo, hi, amin, amax, eps)
 
 
 def _l0_cells(sa, sb, log_k0: float, amin: float, amax: float):
@@ -283,135 +246,6 @@ class _ExpectedL0Sum(torch.autograd.Function):
         return _sum_to(ga, score_a.shape, score_a.dtype), _sum_to(gb, score_b.shape, score_b.dtype), None, None, None, None, None
 
 
-# ---------------------------------------------------------------------- attention-level function
-
-#: Target number of cells per block of query rows in :func:`hardkuma_attention_gates` (eager
-#: kernels).  The score maps, noise and intermediates of one block (a few MiB) stay in cache and
-#: are reused by the allocator; whole-map intermediates (tens of MiB each at T = 256) would each be
-#: a fresh mapping from the OS, faulted in page by page, and cost more than the arithmetic on them.
-BLOCK_CELLS = 1 << 20
-#: The same for the compiled kernels, which keep no intermediates; larger blocks save per-call
-#: overhead and keep the ``matmul`` s large.  (Both measured with ``benchmarks/attention_speed.py``.)
-COMPILED_BLOCK_CELLS = 1 << 22
-#: With ``compile=True`` the forward draws its noise inside the compiled kernel
-#: (:func:`_counter_uniform`, seeded from the torch generator) instead of materialising
-#: ``torch.rand``; tests set this to False to compare compiled and eager kernels on the same noise.
-COUNTER_NOISE = True
-
-def _row_blocks(T: int, cells_per_row: int, compile: bool):
-    step = max(1, (COMPILED_BLOCK_CELLS if compile else BLOCK_CELLS) // max(cells_per_row, 1))
-    return [(t, min(T, t + step)) for t in range(0, T, step)]
-
-
-def _rows(x, t0: int, t1: int):
-    """Query rows ``t0:t1`` (dim -2) of a tensor broadcastable to ``(..., T, S)``; anything else
-    (None, a Python number, a tensor broadcast along the rows) is returned as it is."""
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-2] == 1:
-        return x
-    return x[..., t0:t1, :]
-
-
-def _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0: int, t1: int):
-    """The two score maps of query rows ``t0:t1``: ``(qa_s ka_t + bias, qb_s kb_t)``, each
-    ``(..., t1 - t0, S)`` (queries pre-scaled, keys pre-transposed)."""
-    sa = torch.matmul(qa_s[..., t0:t1, :], ka_t)
-    if bias is not None:
-        sa = sa + _rows(bias, t0, t1)
-    return sa, torch.matmul(qb_s[..., t0:t1, :], kb_t)
-
-
-def _lead_shape(*xs) -> torch.Size:
-    return torch.broadcast_shapes(*(x.shape[:-2] for x in xs if x is not None and x.dim() >= 2))
-
-
-class _HardKumaAttentionGates(torch.autograd.Function):
-    """Gates of an attention layer from per-head queries/keys; returns (weights, l0_sum).
-
-    Forward and backward run over blocks of query rows: per block, the two score maps are computed
-    (backward: recomputed) by ``matmul``, turned into gates (gradients) by the elementwise kernel,
-    and written into the full-size output (gradient of the queries; the keys' gradient is
-    accumulated), so no full-size intermediate besides the output is ever allocated.
-    """
-
-    @staticmethod
-    def forward(ctx, qa, ka, qb, kb, bias, valid, scale, lo, hi, ab_min, ab_max, normalize_sum, want_l0,
-                compile, generator):
-        T, S = qa.shape[-2], ka.shape[-2]
-        shape = _lead_shape(qa, ka, qb, kb, bias, valid) + (T, S)
-        out = qa.new_empty(shape)
-        denom = qa.new_empty(shape[:-1] + (1,)) if normalize_sum else None
-        inside = torch.empty(shape, dtype=torch.bool, device=qa.device) if normalize_sum else None
-        log_k0 = math.log(-lo / (hi - lo))
-        l0 = qa.new_zeros((), dtype=torch.promote_types(qa.dtype, torch.float32))
-        eps = torch.finfo(qa.dtype).eps
-        qa_s, qb_s = qa * scale, qb * scale  # (..., T, d): scaling the queries, not the maps
-        # contiguous keys, so that matmul's batch flattening is a view, not a copy per block
-        ka_t, kb_t = ka.contiguous().transpose(-1, -2), kb.contiguous().transpose(-1, -2)
-        counter = compile and COUNTER_NOISE
-        gate = _kernel(_gate_block_counter if counter else _gate_block, compile)
-        for t0, t1 in _row_blocks(T, out[..., :1, :].numel(), compile):
-            sa, sb = _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0, t1)  # (..., t, S)
-            v = _rows(valid, t0, t1)
-            if want_l0:
-                l0 += _l0_sum(sa, sb, v, log_k0, ab_min, ab_max, compile)
-            o = out[..., t0:t1, :]
-            if counter:  # a fresh 62-bit seed per block: blocks never share counters in practice
-                u = torch.randint(0, 1 << 62, (), device=o.device, generator=generator)
-            else:
-                u = torch.rand(o.shape, dtype=o.dtype, device=o.device, generator=generator)
-            gate(o, sa, sb, u, v, lo, hi, ab_min, ab_max, eps)
-            del sa, sb, u
-            if normalize_sum:  # masked already: only the in-place normalisation of the block
-                _, denom[..., t0:t1, :], inside[..., t0:t1, :] = _finish_forward(o, None, True)
-        ctx.consts = (scale, lo, hi, ab_min, ab_max, log_k0, compile)
-        ctx.save_for_backward(qa, ka, qb, kb, bias, valid, out, denom, inside)
-        if not want_l0:
-            ctx.mark_non_differentiable(l0)
-        return out, l0
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_l0):
-        scale, lo, hi, ab_min, ab_max, log_k0, compile = ctx.consts
-        qa, ka, qb, kb, bias, valid, out, denom, inside = ctx.saved_tensors
-        T, S = out.shape[-2:]
-        lead = out.shape[:-2]
-        need = ctx.needs_input_grad
-        qa_s, qb_s, ka_s, kb_s = qa * scale, qb * scale, ka * scale, kb * scale
-        ka_t, kb_t = ka.contiguous().transpose(-1, -2), kb.contiguous().transpose(-1, -2)
-        g_q = [qa.new_zeros(lead + (T, x.shape[-1])) if need[i] else None for i, x in ((0, qa), (2, qb))]
-        g_k = [qa.new_zeros(lead + (S, x.shape[-1])) if need[i] else None for i, x in ((1, ka), (3, kb))]
-        g_bias = torch.zeros_like(bias) if need[4] else None
-        g_l0 = _l0_grad(grad_l0, valid, out.dtype)
-        grad_kernel = _kernel(_gate_backward, compile)
-        for t0, t1 in _row_blocks(T, out[..., :1, :].numel(), compile):
-            sa, sb = _block_scores(qa_s, ka_t, qb_s, kb_t, bias, t0, t1)
-            out_t = out[..., t0:t1, :]
-            if grad_out is None:
-                grad_z, z = torch.zeros_like(out_t), out_t
-            else:
-                grad_z, z = _unnormalize(grad_out[..., t0:t1, :], out_t, _rows(denom, t0, t1))
-            dsa, dsb = grad_kernel(
-                grad_z, z, _rows(inside, t0, t1), sa, sb, _rows(g_l0, t0, t1), lo, hi, ab_min, ab_max, log_k0,
-            )
-            del sa, sb, grad_z, z
-            if g_bias is not None:
-                if bias.dim() >= 2 and bias.shape[-2] != 1:
-                    g_bias[..., t0:t1, :] = _sum_to(dsa, g_bias[..., t0:t1, :].shape, bias.dtype)
-                else:
-                    g_bias += _sum_to(dsa, bias.shape, bias.dtype)
-            for ds, gq, gk, k_s, q_s in ((dsa, g_q[0], g_k[0], ka_s, qa_s), (dsb, g_q[1], g_k[1], kb_s, qb_s)):
-                if gq is not None:
-                    gq[..., t0:t1, :] = torch.matmul(ds, k_s)
-                if gk is not None:
-                    gk += torch.matmul(ds.transpose(-1, -2), q_s[..., t0:t1, :])
-        grads = [None] * 15
-        for i, (g, x) in enumerate(zip((g_q[0], g_k[0], g_q[1], g_k[1]), (qa, ka, qb, kb))):
-            grads[i] = _sum_to(g, x.shape, x.dtype)
-        grads[4] = g_bias
-        return tuple(grads)
-
-
 # ---------------------------------------------------------------------- public wrappers
 
 
@@ -437,37 +271,6 @@ def hardkuma_gates(
     return _HardKumaGates.apply(
         score_a, score_b, u, valid, float(support[0]), float(support[1]),
         float(ab_clamp[0]), float(ab_clamp[1]), bool(normalize_sum), bool(compile),
-    )
-
-
-def hardkuma_attention_gates(
-    qa: torch.Tensor,
-    ka: torch.Tensor,
-    qb: torch.Tensor,
-    kb: torch.Tensor,
-    scale: float,
-    bias: Optional[torch.Tensor] = None,
-    valid: Optional[torch.Tensor] = None,
-    support: Tuple[float, float] = (-0.1, 1.1),
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
-    normalize_sum: bool = False,
-    want_l0: bool = False,
-    compile: bool = False,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    r"""Sampled attention gates from per-head queries and keys, memory-efficiently.
-
-    ``score_a = scale * qa @ ka^T + bias``, ``score_b = scale * qb @ kb^T``; gates as
-    :func:`hardkuma_gates` with fresh uniform noise.  Only the inputs and the output are saved for
-    the backward pass (the score maps are recomputed).
-
-    Shapes: ``qa``/``qb`` ``(..., T, d)``, ``ka``/``kb`` ``(..., S, d)``, ``bias`` and bool ``valid``
-    broadcastable to ``(..., T, S)``.  Returns ``(weights (..., T, S), l0_sum)`` where ``l0_sum`` is
-    the differentiable sum over valid cells of ``P(z != 0)`` (0 unless ``want_l0``).
-    """
-    return _HardKumaAttentionGates.apply(
-        qa, ka, qb, kb, bias, valid, float(scale), float(support[0]), float(support[1]),
-        float(ab_clamp[0]), float(ab_clamp[1]), bool(normalize_sum), bool(want_l0), bool(compile), generator,
     )
 
 

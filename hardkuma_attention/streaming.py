@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .distributions import HardKumaraswamy, log1mexp
+from .distributions import log1mexp
 
 __all__ = [
     "counter_uniform",
@@ -144,25 +145,68 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
 
 
 # ---------------------------------------------------------------------- elementwise tile kernels
+#
+# Written with in-place ops on fresh tile-sized intermediates: in eager mode every allocation
+# costs about as much as the arithmetic; torch.compile fuses the same code into one loop.
 
 
-def _softplus(s):
-    """``F.softplus`` (threshold 20) from ``exp``/``log1p``; returns ``(softplus, exp(min(s, 20)))``."""
-    e = torch.exp(s.clamp(max=20.0))
-    return torch.where(s > 20.0, s, torch.log1p(e)), e
+def _hash_uniform(hrow, kcol, dtype):
+    """:func:`counter_uniform` of a tile from the row states ``hrow`` (..., t, 1) and the column
+    keys ``kcol`` (s,), in place on one int64 tile (one temporary per shift)."""
+    m = _mantissa(dtype)
+    h = hrow ^ kcol
+    t = h >> 19
+    h <<= 13
+    h |= t
+    h &= _M32  # rotl(h, 13)
+    h *= 5
+    h += _N
+    h ^= 16  # the key length in bytes
+    h &= _M32
+    h ^= h >> 16  # fmix32
+    h *= _F1
+    h &= _M32
+    h ^= h >> 13
+    h *= _F2
+    h &= _M32
+    h ^= h >> 16
+    h >>= 32 - m
+    u = h.to(dtype)
+    u += 0.5
+    u *= 2.0 ** -m
+    return u
 
 
-def _ab(sa, sb, amin: float, amax: float):
-    return _softplus(sa)[0].clamp(amin, amax), _softplus(sb)[0].clamp(amin, amax)
+def _param_grad(s, amin: float, amax: float):
+    """``a = clamp(softplus(s), amin, amax)`` and ``da/ds`` (``sigmoid(s)``, 0 where clamped)."""
+    sp = F.softplus(s)
+    a = sp.clamp(amin, amax)
+    return a, torch.sigmoid(s).mul_(a == sp)
 
 
-def _sample(a, b, u, lo: float, hi: float):
-    """``(t, k, ls, w)``: stretched Kuma sample ``t = l + (r - l) k`` and its shared logs."""
-    ls = torch.log(u) / b
-    w = -torch.expm1(ls)
-    lk = torch.log(w) / a
+def _kuma_from_log_u(a, b, lu, lo: float, hi: float):
+    """``(t, k, lk, ls, w)`` from ``log u`` (consumed in place): ``ls = log(u)/b``,
+    ``w = -expm1(ls)``, ``lk = log(w)/a``, ``k = exp(lk)``, ``t = l + (r - l) k``."""
+    ls = lu.div_(b)
+    w = torch.expm1(ls).neg_()
+    lk = torch.log(w).div_(a)
     k = torch.exp(lk)
-    return lo + (hi - lo) * k, k, lk, ls, w
+    return (k * (hi - lo)).add_(lo), k, lk, ls, w
+
+
+def _gate_jacobian(t, k, lk, ls, w, a, b, da_ds, db_ds, valid, lo: float, hi: float):
+    """``(z, dz/dsa, dz/dsb)`` per cell: ``dk/da = -k log(k)/a``, ``dk/db = k s log(s)/(a b w)``
+    (``s = 1 - w``), times ``r - l`` where ``0 < t < 1`` (and allowed), times ``da/dsa`` / ``db/dsb``."""
+    inside = (t > 0.0) & (t < 1.0)
+    z = t.clamp_(0.0, 1.0)
+    if valid is not None:
+        z = z.mul_(valid)
+        inside &= valid
+    c = k.mul_(hi - lo).mul_(inside)
+    s = torch.neg(w).add_(1.0)
+    jb = ls.mul_(s).div_(w.clamp_min_(1e-30)).div_(a * b).mul_(c).mul_(db_ds)
+    ja = lk.div_(a).neg_().mul_(c).mul_(da_ds)
+    return z, ja, jb
 
 
 def _l0_cells(a, b, log_k0: float):
@@ -171,141 +215,140 @@ def _l0_cells(a, b, log_k0: float):
     return torch.exp(b * L), L
 
 
+def _l0_score_grads(a, b, da_ds, db_ds, valid, g_l0, log_k0: float):
+    """Gradient of ``g_l0 * sum_allowed (1 - k0^a)^b`` w.r.t. the scores:
+    ``d/da = e b (-log k0) / expm1(-a log k0)``, ``d/db = e L`` with ``e = exp(b L)``."""
+    e, L = _l0_cells(a, b, log_k0)
+    e = e.mul_(g_l0)
+    if valid is not None:
+        e = e.mul_(valid)
+    la = (e * b).mul_(-log_k0).div_(torch.expm1(a * -log_k0)).mul_(da_ds)
+    return la, L.mul_(e).mul_(db_ds)
+
+
 def _keep(hdrop, kcol, p_drop: float, dtype):
     """Dropout factor ``1(u >= p) / (1 - p)`` from the dropout noise stream."""
-    u = _bits_to_uniform(_cell_bits(hdrop, kcol), dtype)
-    return (u >= p_drop).to(dtype) * (1.0 / (1.0 - p_drop))
+    u = _hash_uniform(hdrop, kcol, dtype)
+    return (u >= p_drop).to(dtype).mul_(1.0 / (1.0 - p_drop))
 
 
-def _weights_tile(z, sa, valid, m, hdrop, kcol, p_drop: float):
-    """Unnormalised weights ``p`` (``z`` or ``z exp(sa - m)``) and the dropped ``p d``."""
-    p = z if m is None else z * _shifted_exp(sa, valid, m)
-    pd = p * _keep(hdrop, kcol, p_drop, p.dtype) if hdrop is not None else p
-    return p, pd
+def _softmax_factor(sa, m):
+    """``exp(sa - m)`` for the online-softmax weights; ``min(., 0)`` keeps disallowed cells (whose
+    gate is 0, and whose score may exceed the row max over allowed cells) finite."""
+    return (sa - m).clamp_max_(0.0).exp_()
 
 
-def _stats_tile(z, a, b, valid, log_k0: float, want_stats: bool):
-    if not want_stats:
-        return None, None
-    e = _l0_cells(a, b, log_k0)[0]
+def _stats_tile(z, l0c, valid):
+    """(sum of the expected-L0 cells over allowed cells, count of non-zero gates), float32."""
     if valid is not None:
-        e = torch.where(valid, e, 0.0)
-    return e.sum(dtype=torch.float64), (z != 0).sum(dtype=torch.float64)
+        l0c = l0c.mul_(valid)
+    return l0c.sum(), torch.count_nonzero(z).to(torch.float32)
+
+
+def _finish_forward(z, sa, m, hdrop, kcol, p_drop: float):
+    """``(p, p d)``: ``p = z`` or ``z exp(sa - m)``; ``d`` the dropout factor."""
+    p = z if m is None else z * _softmax_factor(sa, m)
+    return p, (p if hdrop is None else p * _keep(hdrop, kcol, p_drop, p.dtype))
 
 
 def _fwd_train_tile(sa, sb, hrow, kcol, valid, m, hdrop, lo: float, hi: float, amin: float, amax: float,
                     log_k0: float, p_drop: float, want_stats: bool):
     """Training tile: sampled gates -> ``(p, p d, l0 sum, non-zero count)``."""
-    a, b = _ab(sa, sb, amin, amax)
-    u = _bits_to_uniform(_cell_bits(hrow, kcol), sa.dtype)
-    z = _sample(a, b, u, lo, hi)[0].clamp(0.0, 1.0)
+    a = F.softplus(sa).clamp_(amin, amax)
+    b = F.softplus(sb).clamp_(amin, amax)
+    u = _hash_uniform(hrow, kcol, sa.dtype)
+    z = u.log_().div_(b).expm1_().neg_().log_().div_(a).exp_().mul_(hi - lo).add_(lo).clamp_(0.0, 1.0)
     if valid is not None:
-        z = torch.where(valid, z, 0.0)
-    p, pd = _weights_tile(z, sa, valid, m, hdrop, kcol, p_drop)
-    return (p, pd) + _stats_tile(z, a, b, valid, log_k0, want_stats)
+        z = z.mul_(valid)
+    stats = _stats_tile(z, _l0_cells(a, b, log_k0)[0], valid) if want_stats else (None, None)
+    return _finish_forward(z, sa, m, hdrop, kcol, p_drop) + stats
 
 
-def _eval_gates(sa, sb, lo: float, hi: float, amin: float, amax: float):
-    a, b = _ab(sa, sb, amin, amax)
-    return HardKumaraswamy(a, b, support=(lo, hi), validate_args=False).deterministic(), a, b
+def _eval_gate_parts(sa, sb, lo: float, hi: float, amin: float, amax: float, log_k0: float):
+    """Deterministic gate (:meth:`HardKumaraswamy.deterministic`): the median ``t`` (the sample at
+    ``u = 1/2``) where ``Pc > max(P0, P1)``, else ``1(P1 >= P0)``.  Returns
+    ``(choice, t, k, lk, ls, w, e0, a, b)``: ``choice`` is 2 where the median is taken, else the
+    discrete value; ``e0 = 1 - P0`` (the expected-L0 cell)."""
+    a = F.softplus(sa).clamp_(amin, amax)
+    b = F.softplus(sb).clamp_(amin, amax)
+    L0 = log1mexp(a * log_k0).mul_(b)  # log(1 - P0)
+    L1 = log1mexp(a * math.log((1.0 - lo) / (hi - lo))).mul_(b)  # log P1
+    e0 = torch.exp(L0)
+    p0, p1 = torch.expm1(L0).neg_(), torch.exp(L1)
+    pc = (L1 - L0).expm1_().neg_().mul_(e0)
+    choice = torch.where((pc > p0) & (pc > p1), 2.0, (p1 >= p0).to(sa.dtype))
+    lu = torch.full_like(a, -math.log(2.0))
+    return (choice,) + _kuma_from_log_u(a, b, lu, lo, hi) + (e0, a, b)
 
 
 def _fwd_eval_tile(sa, sb, valid, m, lo: float, hi: float, amin: float, amax: float, log_k0: float,
                    want_stats: bool):
     """Eval tile: deterministic gates -> ``(p, p, l0 sum, non-zero count)``."""
-    z, a, b = _eval_gates(sa, sb, lo, hi, amin, amax)
+    choice, t, _, _, _, _, e0, _, _ = _eval_gate_parts(sa, sb, lo, hi, amin, amax, log_k0)
+    z = torch.where(choice == 2.0, t.clamp_(0.0, 1.0), choice)
     if valid is not None:
-        z = torch.where(valid, z, 0.0)
-    p, pd = _weights_tile(z, sa, valid, m, None, None, 0.0)
-    return (p, pd) + _stats_tile(z, a, b, valid, log_k0, want_stats)
+        z = z.mul_(valid)
+    stats = _stats_tile(z, e0, valid) if want_stats else (None, None)
+    return _finish_forward(z, sa, m, None, None, 0.0) + stats
 
 
-def _shifted_exp(sa, valid, m):
-    """``exp(sa - m)`` with disallowed cells 0 (``m``: the row max over allowed cells, finite)."""
-    if valid is not None:
-        sa = torch.where(valid, sa, float("-inf"))
-    return torch.exp(sa - m)
-
-
-def _sigmoid_ok(s, sp, e, x):
-    """``d clamp(softplus(s)) / ds``: ``sigmoid(s)`` (from ``e = exp(min(s, 20))``) where the
-    clamp of ``x = clamp(sp)`` is inactive, else 0."""
-    return torch.where(x == sp, torch.where(s > 20.0, 1.0, e / (1.0 + e)), 0.0)
-
-
-def _l0_score_grads(a, b, da_ds, db_ds, valid, g_l0, log_k0: float):
-    """Gradient of ``g_l0 * sum_allowed (1 - k0^a)^b`` w.r.t. the scores (``da_ds``, ``db_ds``:
-    the derivatives of the parameter maps)."""
-    x = a * log_k0
-    e, L = _l0_cells(a, b, log_k0)
-    e = e * g_l0
-    if valid is not None:
-        e = torch.where(valid, e, 0.0)
-    return e * b * (-log_k0) / torch.expm1(-x) * da_ds, e * L * db_ds
-
-
-def _dz_tile(z, sa, valid, m, dw, D, inv_l, hdrop, kcol, p_drop: float):
-    """``(dz, dsa_extra, w d)`` of a tile, ``dw = g_i . v_j`` (before dropout); ``dsa_extra``
-    is the softmax factor's own gradient ``dp p`` (None otherwise)."""
-    p, pd = _weights_tile(z, sa, valid, m, hdrop, kcol, p_drop)
+def _dz_tile(z, sa, m, dw, D, inv_l, hdrop, kcol, p_drop: float):
+    """``(dz, dsa_extra, w d)`` of a tile from ``dw = g_i . v_j`` (a fresh tile, used in place):
+    ``dp = (dw d - D) / l``, ``dz = dp`` or ``dp exp(sa - m)``; ``dsa_extra = dp p`` (softmax)."""
+    e = None if m is None else _softmax_factor(sa, m)
+    p = z if e is None else z * e
+    pd = p
     if hdrop is not None:
-        dw = dw * _keep(hdrop, kcol, p_drop, dw.dtype)
+        keep = _keep(hdrop, kcol, p_drop, dw.dtype)
+        pd, dw = p * keep, dw.mul_(keep)
     if inv_l is None:  # normalize "none"
         return dw, None, pd
-    dp = (dw - D) * inv_l
-    if m is None:
-        return dp, None, pd * inv_l
-    return dp * _shifted_exp(sa, valid, m), dp * p, pd * inv_l
+    dp = dw.sub_(D).mul_(inv_l)
+    wd = pd * inv_l
+    if e is None:
+        return dp, None, wd
+    extra = dp * p
+    return dp.mul_(e), extra, wd
+
+
+def _score_grads(ja, jb, dz, extra, a, b, da_ds, db_ds, valid, g_l0, log_k0: float):
+    dsa, dsb = ja.mul_(dz), jb.mul_(dz)
+    if extra is not None:
+        dsa += extra
+    if g_l0 is not None:
+        la, lb = _l0_score_grads(a, b, da_ds, db_ds, valid, g_l0, log_k0)
+        dsa += la
+        dsb += lb
+    return dsa, dsb
 
 
 def _bwd_train_tile(sa, sb, hrow, kcol, valid, m, hdrop, dw, D, inv_l, g_l0, lo: float, hi: float,
                     amin: float, amax: float, log_k0: float, p_drop: float):
     """Training tile backward: ``(dsa, dsb, w d)`` with the noise regenerated."""
-    spa, ea = _softplus(sa)
-    spb, eb = _softplus(sb)
-    a, b = spa.clamp(amin, amax), spb.clamp(amin, amax)
-    da_ds, db_ds = _sigmoid_ok(sa, spa, ea, a), _sigmoid_ok(sb, spb, eb, b)
-    u = _bits_to_uniform(_cell_bits(hrow, kcol), sa.dtype)
-    t, k, lk, ls, w = _sample(a, b, u, lo, hi)
-    z = t.clamp(0.0, 1.0)
-    inside = (t > 0.0) & (t < 1.0)
-    if valid is not None:
-        z = torch.where(valid, z, 0.0)
-        inside = inside & valid
-    c = torch.where(inside, (hi - lo) * k, 0.0)
-    dz, extra, wd = _dz_tile(z, sa, valid, m, dw, D, inv_l, hdrop, kcol, p_drop)
-    dsa = dz * c * (-lk / a) * da_ds  # dk/da = -k log(k) / a
-    dsb = dz * c * (1.0 - w) * ls / (a * b * w.clamp_min(1e-30)) * db_ds  # dk/db = k s log(s) / (a b w)
-    if extra is not None:
-        dsa = dsa + extra
-    if g_l0 is not None:
-        la, lb = _l0_score_grads(a, b, da_ds, db_ds, valid, g_l0, log_k0)
-        dsa, dsb = dsa + la, dsb + lb
-    return dsa, dsb, wd
+    a, da_ds = _param_grad(sa, amin, amax)
+    b, db_ds = _param_grad(sb, amin, amax)
+    lu = _hash_uniform(hrow, kcol, sa.dtype).log_()
+    t, k, lk, ls, w = _kuma_from_log_u(a, b, lu, lo, hi)
+    z, ja, jb = _gate_jacobian(t, k, lk, ls, w, a, b, da_ds, db_ds, valid, lo, hi)
+    dz, extra, wd = _dz_tile(z, sa, m, dw, D, inv_l, hdrop, kcol, p_drop)
+    return _score_grads(ja, jb, dz, extra, a, b, da_ds, db_ds, valid, g_l0, log_k0) + (wd,)
 
 
 def _bwd_eval_tile(sa, sb, valid, m, dw, D, inv_l, g_l0, lo: float, hi: float, amin: float, amax: float,
                    log_k0: float):
-    """Eval tile backward; the deterministic gate's per-cell derivatives come from autograd on
-    the tile (the gate of a cell depends on its two scores only)."""
-    with torch.enable_grad():
-        sa_, sb_ = sa.detach().requires_grad_(), sb.detach().requires_grad_()
-        z, _, _ = _eval_gates(sa_, sb_, lo, hi, amin, amax)
-        ja, jb = torch.autograd.grad(z.sum(), (sa_, sb_))
-    z = z.detach()
+    """Eval tile backward: only the median cells have a gradient (the discrete values are
+    constants); the median is the Kuma sample at ``u = 1/2``, so its Jacobian is the training one."""
+    choice, t, k, lk, ls, w, _, a, b = _eval_gate_parts(sa, sb, lo, hi, amin, amax, log_k0)
+    da_ds = _param_grad(sa, amin, amax)[1]
+    db_ds = _param_grad(sb, amin, amax)[1]
+    median = choice == 2.0
+    zm, ja, jb = _gate_jacobian(t, k, lk, ls, w, a, b, da_ds, db_ds, median, lo, hi)
+    z = torch.where(median, zm, choice)
     if valid is not None:
-        z, ja, jb = (torch.where(valid, x, 0.0) for x in (z, ja, jb))
-    dz, extra, wd = _dz_tile(z, sa, valid, m, dw, D, inv_l, None, None, 0.0)
-    dsa, dsb = dz * ja, dz * jb
-    if extra is not None:
-        dsa = dsa + extra
-    if g_l0 is not None:
-        spa, ea = _softplus(sa)
-        spb, eb = _softplus(sb)
-        a, b = spa.clamp(amin, amax), spb.clamp(amin, amax)
-        la, lb = _l0_score_grads(a, b, _sigmoid_ok(sa, spa, ea, a), _sigmoid_ok(sb, spb, eb, b), valid, g_l0, log_k0)
-        dsa, dsb = dsa + la, dsb + lb
-    return dsa, dsb, wd
+        z = z.mul_(valid)
+        ja, jb = ja.mul_(valid), jb.mul_(valid)
+    dz, extra, wd = _dz_tile(z, sa, m, dw, D, inv_l, None, None, 0.0)
+    return _score_grads(ja, jb, dz, extra, a, b, da_ds, db_ds, valid, g_l0, log_k0) + (wd,)
 
 
 # ---------------------------------------------------------------------- kernel selection
@@ -487,21 +530,33 @@ def _make_plan(qa, ka, v, bias, valid, cfg: StreamConfig) -> _Plan:
     return _Plan(lead, T, S, _compute_dtype(qa, ka, v, bias), compiled, tiles, off, hrow, hdrop, kcol)
 
 
-def _scores(qa_s, ka, qb_s, kb, bias, t0: int, t1: int, s0: int, s1: int):
-    """``(qa_s ka^T + bias, qb_s kb^T)`` of a tile (queries pre-scaled)."""
-    sa = torch.matmul(qa_s[..., t0:t1, :], ka[..., s0:s1, :].transpose(-1, -2))
-    if bias is not None:
-        sa = sa + _tile(bias, t0, t1, s0, s1)
-    return sa, torch.matmul(qb_s[..., t0:t1, :], kb[..., s0:s1, :].transpose(-1, -2))
+def _flat(x, lead, c, scale: float = 1.0):
+    """``x`` (broadcastable leading dims, ..., n, d) as a contiguous ``(N, n, d)`` tensor of the
+    compute dtype (scaled), ``N`` = the number of (batch, head) pairs."""
+    x = x.to(c)
+    if scale != 1.0:
+        x = x * scale
+    n = max(1, math.prod(lead))
+    return x.expand(tuple(lead) + tuple(x.shape[-2:])).reshape(n, x.shape[-2], x.shape[-1]).contiguous()
 
 
 def _prepare(qa, ka, qb, kb, v, bias, valid, plan: _Plan, scale: float):
-    """Inputs in the compute dtype, queries scaled, masks at least 2-D."""
-    c = plan.dtype
+    """Queries (scaled), keys and values as contiguous ``(N, n, d)``; masks at least 2-D."""
+    c, lead = plan.dtype, plan.lead
     bias = None if bias is None else bias.to(c).reshape((1,) * max(0, 2 - bias.dim()) + tuple(bias.shape))
     if valid is not None:
         valid = valid.reshape((1,) * max(0, 2 - valid.dim()) + tuple(valid.shape))
-    return qa.to(c) * scale, ka.to(c), qb.to(c) * scale, kb.to(c), v.to(c), bias, valid
+    flat = [_flat(x, lead, c, sc) for x, sc in ((qa, scale), (ka, 1.0), (qb, scale), (kb, 1.0), (v, 1.0))]
+    return flat + [bias, valid]
+
+
+def _scores(qa, ka, qb, kb, bias, lead, t0: int, t1: int, s0: int, s1: int):
+    """``(qa ka^T + bias, qb kb^T)`` of a tile, as ``(*lead, t, s)`` views of fresh tensors."""
+    shape = tuple(lead) + (t1 - t0, s1 - s0)
+    sa = torch.bmm(qa[:, t0:t1], ka[:, s0:s1].transpose(1, 2)).view(shape)
+    if bias is not None:
+        sa += _tile(bias, t0, t1, s0, s1)
+    return sa, torch.bmm(qb[:, t0:t1], kb[:, s0:s1].transpose(1, 2)).view(shape)
 
 
 def _row_max(m, sa, vt):
@@ -512,30 +567,42 @@ def _row_max(m, sa, vt):
     return m_new, m_safe, torch.exp(m - m_safe)
 
 
-def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Plan):
-    """Tiled forward: ``(out, m, l, l0_sum, nonzero, cells)`` (``m``, ``l``: row statistics)."""
+def _closed(vt) -> bool:
+    """A tile that the masks close entirely (skipped)."""
+    return vt is not None and not bool(vt.any())
+
+
+def _acc(acc, a, b):
+    """``acc + a @ b`` in place (``a @ b`` when ``acc`` is None: no zero fill)."""
+    return torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
+
+
+def _stream_forward(prep, cfg: StreamConfig, plan: _Plan):
+    """Tiled forward from the prepared inputs (:func:`_prepare`): ``(out (N, T, dv), m, l, stats)``
+    (``m``, ``l``: row statistics, ``stats``: l0 sum, non-zero count, allowed cells)."""
     lo, hi, amin, amax, log_k0 = cfg.consts
-    qa_s, ka, qb_s, kb, v, bias, valid = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
-    lead, dev, c = plan.lead, qa.device, plan.dtype
-    out = torch.zeros(tuple(lead) + (plan.T, v.shape[-1]), dtype=c, device=dev)
+    qa, ka, qb, kb, v, bias, valid = prep
+    lead, dev, c, N = tuple(plan.lead), qa.device, plan.dtype, qa.shape[0]
+    out = torch.empty(N, plan.T, v.shape[-1], dtype=c, device=dev)
     softmax, norm = cfg.normalize == "softmax", cfg.normalize != "none"
-    m_all = torch.zeros(tuple(lead) + (plan.T, 1), dtype=c, device=dev) if softmax else None
-    l_all = torch.ones(tuple(lead) + (plan.T, 1), dtype=c, device=dev) if norm else None
+    m_all = torch.zeros(lead + (plan.T, 1), dtype=c, device=dev) if softmax else None
+    l_all = torch.ones(lead + (plan.T, 1), dtype=c, device=dev) if norm else None
     stats = torch.zeros(3, dtype=torch.float64, device=dev)  # l0 sum, non-zero, cells
     for t0, t1, ks in plan.tiles:
-        acc = out[..., t0:t1, :]
-        shape = acc.shape[:-1]
-        l = torch.zeros(shape + (1,), dtype=c, device=dev) if norm else None
-        m = torch.full(shape + (1,), float("-inf"), dtype=c, device=dev) if softmax else None
+        acc = None  # contiguous (N, t, dv): baddbmm_ accumulates in place
+        rows = lead + (t1 - t0, 1)
+        l = torch.zeros(rows, dtype=c, device=dev) if norm else None
+        m = torch.full(rows, float("-inf"), dtype=c, device=dev) if softmax else None
         m_safe = None
         for s0, s1 in ks:
             vt = _tile_valid(valid, t0, t1, s0, s1, plan.causal_off, dev)
-            if vt is not None and not bool(vt.any()):
-                continue  # a tile the masks close entirely
-            sa, sb = _scores(qa_s, ka, qb_s, kb, bias, t0, t1, s0, s1)
+            if _closed(vt):
+                continue
+            sa, sb = _scores(qa, ka, qb, kb, bias, lead, t0, t1, s0, s1)
             if softmax:
                 m, m_safe, alpha = _row_max(m, sa, vt)
-                acc.mul_(alpha)
+                if acc is not None:
+                    acc.mul_(alpha.view(N, -1, 1))
                 l.mul_(alpha)
             if cfg.training:
                 hd = None if plan.hdrop is None else plan.hdrop[..., t0:t1, :]
@@ -545,15 +612,19 @@ def _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig, plan: _Pl
             else:
                 p, pd, l0, nz = cfg.kernels.run(
                     _fwd_eval_tile, plan.compiled, sa, sb, vt, m_safe, lo, hi, amin, amax, log_k0, cfg.want_stats)
-            acc.add_(torch.matmul(pd.to(c), v[..., s0:s1, :]))
+            acc = _acc(acc, pd.reshape(N, t1 - t0, s1 - s0), v[:, s0:s1])
             if norm:
-                l.add_(p.sum(-1, keepdim=True))
+                l += p.sum(-1, keepdim=True)
             if cfg.want_stats:
-                n = p.numel() if vt is None else vt.expand(p.shape).sum()
-                stats += torch.stack([l0, nz, torch.as_tensor(n, dtype=torch.float64, device=dev)])
+                n = p.numel() if vt is None else torch.count_nonzero(vt.expand(p.shape))
+                stats += torch.stack([l0.double(), nz.double(), torch.as_tensor(n, dtype=torch.float64, device=dev)])
+        if acc is None:  # every tile of these rows closed
+            out[:, t0:t1] = 0.0
+            continue
         if norm:
             l_all[..., t0:t1, :] = l
-            acc.div_(torch.where(l > 0, l, 1.0))
+            acc.div_(torch.where(l > 0, l, 1.0).view(N, -1, 1))
+        out[:, t0:t1] = acc
         if softmax and m_safe is not None:
             m_all[..., t0:t1, :] = m_safe
     return out, m_all, l_all, stats
@@ -565,80 +636,100 @@ def _add_tile(buf, t0: int, t1: int, s0: int, s1: int, g):
     view += g.sum_to_size(view.shape)
 
 
+def _cat_blocks(blocks, key_blocks, like):
+    """The per-key-block gradients side by side (zeros for blocks that no open tile visited)."""
+    if not key_blocks:
+        return torch.zeros_like(like)
+    n, d = like.shape[0], like.shape[-1]
+    return torch.cat([like.new_zeros(n, k[1] - k[0], d) if x is None else x for x, k in zip(blocks, key_blocks)], 1)
+
+
 def _stream_backward(grad_out, grad_l0, saved, cfg: StreamConfig, plan: _Plan, needs):
-    """Tiled backward; returns the gradients of ``(qa, ka, qb, kb, v, bias)`` in the full
-    broadcast lead shape (compute dtype)."""
+    """Tiled backward from the saved prepared inputs, ``out`` and row statistics; returns the
+    gradients of ``(qa, ka, qb, kb, v)`` as ``(N, n, d)`` and of ``bias`` in its (at least 2-D)
+    shape, in the compute dtype."""
     qa, ka, qb, kb, v, bias, valid, out, m_all, l_all = saved
     lo, hi, amin, amax, log_k0 = cfg.consts
-    qa_s, ka, qb_s, kb, v, bias, valid = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
-    lead, dev, c = tuple(plan.lead), qa.device, plan.dtype
-    z_ = lambda x, n: torch.zeros(lead + (n, x.shape[-1]), dtype=c, device=dev)  # noqa: E731
-    dqa, dqb, dka, dkb, dv = z_(qa, plan.T), z_(qb, plan.T), z_(ka, plan.S), z_(kb, plan.S), z_(v, plan.S)
+    lead, dev, c, N = tuple(plan.lead), qa.device, plan.dtype, qa.shape[0]
+    dqa, dqb = torch.zeros_like(qa), torch.zeros_like(qb)
+    # per key block, contiguous (baddbmm_ accumulates in place only into contiguous tensors)
+    key_blocks = sorted({k for _, _, ks in plan.tiles for k in ks})
+    dk_blocks = {k: [None, None, None] for k in key_blocks}
     dbias = torch.zeros_like(bias) if bias is not None and needs[5] else None
     g_l0 = None if grad_l0 is None else grad_l0.to(c)
     norm = cfg.normalize != "none"
+    g_all = _flat(grad_out, lead, c) if grad_out is not None else torch.zeros_like(out)
     for t0, t1, ks in plan.tiles:
-        g = grad_out[..., t0:t1, :].to(c) if grad_out is not None \
-            else torch.zeros(lead + (t1 - t0, v.shape[-1]), dtype=c, device=dev)
-        D = (g * out[..., t0:t1, :]).sum(-1, keepdim=True) if norm else None
+        g = g_all[:, t0:t1]
+        rows = lead + (t1 - t0, 1)
+        D = (g * out[:, t0:t1]).sum(-1).view(rows) if norm else None
         inv_l = 1.0 / torch.where(l_all[..., t0:t1, :] > 0, l_all[..., t0:t1, :], 1.0) if norm else None
         m = m_all[..., t0:t1, :] if m_all is not None else None
+        dqa_t = dqb_t = None
         for s0, s1 in ks:
             vt = _tile_valid(valid, t0, t1, s0, s1, plan.causal_off, dev)
-            if vt is not None and not bool(vt.any()):
+            if _closed(vt):
                 continue
-            sa, sb = _scores(qa_s, ka, qb_s, kb, bias, t0, t1, s0, s1)
-            dw = torch.matmul(g, v[..., s0:s1, :].transpose(-1, -2))
+            sa, sb = _scores(qa, ka, qb, kb, bias, lead, t0, t1, s0, s1)
+            dw = torch.bmm(g, v[:, s0:s1].transpose(1, 2)).view(sa.shape)
             if cfg.training:
                 hd = None if plan.hdrop is None else plan.hdrop[..., t0:t1, :]
                 dsa, dsb, wd = cfg.kernels.run(
                     _bwd_train_tile, plan.compiled, sa, sb, plan.hrow[..., t0:t1, :], plan.kcol[s0:s1], vt, m, hd,
                     dw, D, inv_l, g_l0, lo, hi, amin, amax, log_k0, cfg.dropout_p)
             else:
-                dsa, dsb, wd = _bwd_eval_tile(sa, sb, vt, m, dw, D, inv_l, g_l0, lo, hi, amin, amax, log_k0)
-            dv[..., s0:s1, :] += torch.matmul(wd.transpose(-1, -2), g)
-            dqa[..., t0:t1, :] += torch.matmul(dsa, ka[..., s0:s1, :])
-            dka[..., s0:s1, :] += torch.matmul(dsa.transpose(-1, -2), qa_s[..., t0:t1, :])
-            dqb[..., t0:t1, :] += torch.matmul(dsb, kb[..., s0:s1, :])
-            dkb[..., s0:s1, :] += torch.matmul(dsb.transpose(-1, -2), qb_s[..., t0:t1, :])
+                dsa, dsb, wd = cfg.kernels.run(
+                    _bwd_eval_tile, plan.compiled, sa, sb, vt, m, dw, D, inv_l, g_l0, lo, hi, amin, amax, log_k0)
             if dbias is not None:
                 _add_tile(dbias, t0, t1, s0, s1, dsa)
-    return dqa * cfg.scale, dka, dqb * cfg.scale, dkb, dv, dbias
+            shape = (N, t1 - t0, s1 - s0)
+            dsa, dsb, wd = dsa.reshape(shape), dsb.reshape(shape), wd.reshape(shape)
+            blk = dk_blocks[(s0, s1)]
+            blk[0] = _acc(blk[0], dsa.transpose(1, 2), qa[:, t0:t1])
+            blk[1] = _acc(blk[1], dsb.transpose(1, 2), qb[:, t0:t1])
+            blk[2] = _acc(blk[2], wd.transpose(1, 2), g)
+            dqa_t = _acc(dqa_t, dsa, ka[:, s0:s1])
+            dqb_t = _acc(dqb_t, dsb, kb[:, s0:s1])
+        if dqa_t is not None:
+            dqa[:, t0:t1], dqb[:, t0:t1] = dqa_t, dqb_t
+    dka, dkb, dv = (_cat_blocks([dk_blocks[k][i] for k in key_blocks], key_blocks, x) for i, x in enumerate((ka, kb, v)))
+    return dqa.mul_(cfg.scale), dka, dqb.mul_(cfg.scale), dkb, dv, dbias
 
 
-def _sum_to(grad, x):
-    if grad is None or x is None:
-        return None
-    return (grad.sum_to_size(x.shape) if grad.shape != x.shape else grad).to(x.dtype)
+def _sum_to(grad, shape, dtype, lead):
+    """A ``(N, n, d)`` gradient as one of an input of ``shape`` (summed over broadcast dims)."""
+    grad = grad.view(tuple(lead) + tuple(grad.shape[-2:]))
+    return (grad.sum_to_size(shape) if grad.shape != shape else grad).to(dtype)
 
 
 class _StreamingAttention(torch.autograd.Function):
-    """``(out, l0_sum, nonzero, cells)`` of :func:`streaming_attention`; saves the inputs, ``out``
-    and the O(T) row statistics only."""
+    """``(out, l0_sum, nonzero, cells)`` of :func:`streaming_attention`.  Saves the prepared
+    (contiguous ``(N, n, d)``) queries, keys and values, ``out`` and the O(T) row statistics."""
 
     @staticmethod
     def forward(ctx, qa, ka, qb, kb, v, bias, valid, cfg: StreamConfig):
         plan = _make_plan(qa, ka, v, bias, valid, cfg)
-        out, m, l, stats = _stream_forward(qa, ka, qb, kb, v, bias, valid, cfg, plan)
+        prep = _prepare(qa, ka, qb, kb, v, bias, valid, plan, cfg.scale)
+        out, m, l, stats = _stream_forward(prep, cfg, plan)
         ctx.cfg, ctx.plan = cfg, plan
-        ctx.save_for_backward(qa, ka, qb, kb, v, bias, valid, out, m, l)
-        res_dtype = torch.promote_types(v.dtype, qa.dtype)
+        ctx.inputs = [(x.shape, x.dtype) for x in (qa, ka, qb, kb, v)]
+        ctx.bias = None if bias is None else (bias.shape, bias.dtype)
+        ctx.save_for_backward(*prep, out, m, l)
         l0 = stats[0].to(torch.promote_types(plan.dtype, torch.float32))
         nz, cells = stats[1].float(), stats[2].float()
         ctx.mark_non_differentiable(nz, cells)
-        return out.to(res_dtype), l0, nz, cells
+        return out.view(tuple(plan.lead) + tuple(out.shape[-2:])).to(torch.promote_types(v.dtype, qa.dtype)), l0, nz, cells
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_l0, _nz, _cells):
-        saved = ctx.saved_tensors
-        grads = _stream_backward(grad_out, grad_l0 if ctx.cfg.want_stats else None, saved, ctx.cfg, ctx.plan,
-                                 ctx.needs_input_grad)
-        bias = saved[5]
+        grads = _stream_backward(grad_out, grad_l0 if ctx.cfg.want_stats else None, ctx.saved_tensors, ctx.cfg,
+                                 ctx.plan, ctx.needs_input_grad)
         gbias = None
         if grads[5] is not None:
-            gbias = grads[5].reshape(bias.shape).to(bias.dtype)
-        return tuple(_sum_to(g, x) for g, x in zip(grads[:5], saved[:5])) + (gbias, None, None)
+            gbias = grads[5].reshape(ctx.bias[0]).to(ctx.bias[1])
+        lead = ctx.plan.lead
+        return tuple(_sum_to(g, *sd, lead) for g, sd in zip(grads[:5], ctx.inputs)) + (gbias, None, None)
 
 
 def streaming_attention(qa, ka, qb, kb, v, bias=None, valid=None, *, cfg: StreamConfig):

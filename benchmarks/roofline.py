@@ -1,0 +1,146 @@
+"""Roofline of the streaming HardKuma tile kernels: transcendental ops per cell x this CPU's
+measured vectorised exp/log throughput, against the measured kernel time.
+
+    python benchmarks/roofline.py [--threads 2] [--cells 1048576] [--compile auto|on|off]
+    python benchmarks/roofline.py --cold-start      # first vs second training step, fresh inductor cache
+
+Softmax attention needs one ``exp`` per cell; a HardKuma gate needs many more (counted below from
+``hardkuma_attention/streaming.py``), so at long T the gate math, not the matmuls, sets the limit.
+The bound is ``sum over op kinds of count x (ns per element of that op)``, each op timed alone on a
+tile-sized float32 buffer (in cache, vectorised, the given threads).  Printed: ns per cell of the
+bound and of the kernel, and their ratio (1.0 = at the roofline).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+# Transcendental calls per cell, read off the kernels in hardkuma_attention/streaming.py
+# (softplus = exp + log1p; log1mexp evaluates both branches: expm1 + log and exp + log1p).
+OPS = {
+    "train forward (no stats)": {"exp": 2, "log1p": 2, "log": 2, "expm1": 1},  # softplus a, b; log u, expm1, log w, exp k
+    "train forward + L0": {"exp": 4, "log1p": 3, "log": 3, "expm1": 2},  # + log1mexp(a log k0), exp(b L)
+    "train backward + L0": {"exp": 5, "log1p": 3, "log": 3, "expm1": 3, "sigmoid": 2},  # + expm1(-a log k0)
+    "eval forward + L0": {"exp": 6, "log1p": 4, "log": 3, "expm1": 6},  # P0, P1 (2 log1mexp), Pc, median
+}
+SOFTMAX = {"exp": 1}
+
+
+def time_it(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def op_costs(n: int, reps: int) -> dict:
+    """ns per element of each op, out-of-place on an n-element float32 buffer in (0.01, 0.99)."""
+    x = torch.rand(n) * 0.98 + 0.01
+    out = torch.empty_like(x)
+    fns = {"exp": torch.exp, "log": torch.log, "log1p": torch.log1p, "expm1": torch.expm1, "sigmoid": torch.sigmoid}
+    return {k: time_it(lambda f=f: f(x, out=out), reps) / n * 1e9 for k, f in fns.items()}
+
+
+def bound(ops: dict, cost: dict) -> float:
+    return sum(c * cost[k] for k, c in ops.items())
+
+
+def tile_inputs(cells: int):
+    from hardkuma_attention.streaming import _mix_k, murmur3_row_hash
+
+    H, t = 8, 64
+    s = max(1, cells // (H * t))
+    g = torch.Generator().manual_seed(0)
+    sa, sb = torch.randn(1, H, t, s, generator=g), torch.randn(1, H, t, s, generator=g)
+    hrow = murmur3_row_hash(12345, torch.arange(H).view(1, H, 1, 1), torch.arange(t).view(t, 1))
+    return sa, sb, hrow, _mix_k(torch.arange(s))
+
+
+def kernel_times(cells: int, reps: int, compile_mode: str) -> dict:
+    from hardkuma_attention import streaming as st
+
+    kernels = st.TileKernels(compile={"auto": None, "on": True, "off": False}[compile_mode])
+    compiled = kernels.use_compiled(cells)
+    sa, sb, hrow, kcol = tile_inputs(cells)
+    n = sa.numel()
+    lo, hi, amin, amax = -0.1, 1.1, 1e-3, 100.0
+    lk0 = float(torch.log(torch.tensor(0.1 / 1.2)))
+    dw = torch.randn_like(sa)
+    g_l0 = torch.tensor(0.3)
+
+    def fwd(stats):
+        return lambda: kernels.run(st._fwd_train_tile, compiled, sa, sb, hrow, kcol, None, None, None,
+                                   lo, hi, amin, amax, lk0, 0.0, stats)
+
+    def bwd():
+        return kernels.run(st._bwd_train_tile, compiled, sa, sb, hrow, kcol, None, None, None, dw.clone(), None,
+                           None, g_l0, lo, hi, amin, amax, lk0, 0.0)
+
+    def evl():
+        return kernels.run(st._fwd_eval_tile, compiled, sa, sb, None, None, lo, hi, amin, amax, lk0, True)
+
+    def noise():
+        return st._hash_uniform(hrow, kcol, torch.float32)
+
+    res = {"train forward (no stats)": fwd(False), "train forward + L0": fwd(True),
+           "train backward + L0": bwd, "eval forward + L0": evl}
+    out = {k: time_it(f, reps) / n * 1e9 for k, f in res.items()}
+    out["noise hash alone (eager)"] = time_it(noise, reps) / n * 1e9
+    return out, compiled
+
+
+def cold_start() -> None:
+    """First and second training step of HardKumaAttention(512, 8) at T = 512, B = 4 (default
+    constructor) in a fresh process with an empty inductor cache."""
+    code = (
+        "import time, torch\n"
+        "from hardkuma_attention import HardKumaAttention\n"
+        "torch.manual_seed(0); x = torch.randn(4, 512, 512)\n"
+        "m = HardKumaAttention(512, 8, batch_first=True)\n"
+        "for i in range(2):\n"
+        "    t = time.perf_counter(); m(x, x, x, need_weights=False)[0].sum().backward()\n"
+        "    print(f'step {i + 1}: {time.perf_counter() - t:.1f} s')\n"
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        for label in ("empty inductor cache", "warm inductor cache"):
+            print(f"-- {label}", flush=True)
+            subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cells", type=int, default=1 << 20, help="cells per tile")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--cold-start", action="store_true")
+    a = p.parse_args(argv)
+    if a.cold_start:
+        cold_start()
+        return
+    torch.set_num_threads(a.threads)
+    cost = op_costs(a.cells, a.reps)
+    print(f"threads {a.threads}, tile {a.cells} cells; ns per element: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
+    print(f"softmax bound (1 exp per cell): {bound(SOFTMAX, cost):.2f} ns/cell")
+    times, compiled = kernel_times(a.cells, a.reps, a.compile)
+    print(f"kernels: {'compiled' if compiled else 'eager'}")
+    print(f"{'kernel':28s} {'transc./cell':>12s} {'bound ns':>9s} {'measured ns':>12s} {'ratio':>6s}")
+    for k, ops in OPS.items():
+        b = bound(ops, cost)
+        print(f"{k:28s} {sum(ops.values()):12d} {b:9.2f} {times[k]:12.2f} {times[k] / b:6.2f}")
+    print(f"{'noise hash alone (eager)':28s} {'':12s} {'':9s} {times['noise hash alone (eager)']:12.2f}")
+
+
+if __name__ == "__main__":
+    main()
