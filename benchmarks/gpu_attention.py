@@ -37,6 +37,7 @@ needs torch with CUDA, triton, and this repository on ``PYTHONPATH``)::
    forward, eval, softmax + stats           11      5       7
    backward, training, softmax + L0 grad    14     10      22
    backward, eval, softmax + L0 grad        28     12      28
+   backward, training, atomic dq             7      5      11
    =====================================  =====  =====  ========
 
    (backward: both backward kernels, ``dk/dv`` and ``dq``, recompute the cell's gate, so per
@@ -235,16 +236,16 @@ _METHODS = {
     "hardkuma-eval": lambda q, k, v, go, cuda, kernel: _hardkuma(q, k, v, go, cuda, training=False, kernel=kernel),
 }
 #: launch parameters tried by --tune: (block_m, block_n, num_warps, num_stages) of the forward, then
-#: the same of the backward kernels (the first is KernelConfig's default)
-_TUNE_GRID = ((64, 32, 4, 2, 64, 16, 4, 2), (64, 64, 8, 2, 32, 16, 4, 2), (128, 32, 8, 2, 64, 32, 8, 2),
-              (32, 32, 4, 3, 32, 16, 4, 3))
+#: the same of the backward kernels, then optionally 1 for atomic_dq (the first is KernelConfig's default)
+_TUNE_GRID = ((64, 32, 4, 2, 64, 16, 4, 2), (64, 32, 4, 2, 64, 16, 4, 2, 1), (64, 64, 8, 2, 32, 16, 4, 2),
+              (128, 32, 8, 2, 64, 32, 8, 2))
 
 
 def _kernel_config(c):
     from hardkuma_attention.triton_kernels import KernelConfig
 
     return KernelConfig(block_m=c[0], block_n=c[1], num_warps=c[2], num_stages=c[3], bwd_block_m=c[4],
-                        bwd_block_n=c[5], bwd_num_warps=c[6], bwd_num_stages=c[7])
+                        bwd_block_n=c[5], bwd_num_warps=c[6], bwd_num_stages=c[7], atomic_dq=len(c) > 8 and bool(c[8]))
 _FWD_ONLY = {"hardkuma-eval"}
 
 
@@ -362,6 +363,8 @@ _COUNT_PASSES = {
     "forward, eval, softmax + stats": dict(training=False, normalize="softmax", want_stats=True, backward=False),
     "backward, training, softmax + L0 grad": dict(training=True, normalize="softmax", want_stats=True, backward=True),
     "backward, eval, softmax + L0 grad": dict(training=False, normalize="softmax", want_stats=True, backward=True),
+    "backward, training, atomic dq": dict(training=True, normalize="softmax", want_stats=True,
+                                                             backward=True, atomic_dq=True),
 }
 
 
@@ -396,7 +399,8 @@ def count_ops() -> dict:
             g = torch.Generator().manual_seed(0)
             xs = [torch.randn(1, 1, n, 32, generator=g).requires_grad_() for n in (T, S, T, S, S)]
             kernel = tk.KernelConfig(block_m=bm, block_n=bn, num_warps=1, num_stages=1, bwd_block_m=bm,
-                                     bwd_block_n=bn, bwd_num_warps=1, bwd_num_stages=1)
+                                     bwd_block_n=bn, bwd_num_warps=1, bwd_num_stages=1,
+                                     atomic_dq=cfg.get("atomic_dq", False))
             out, _, st = tk.scaled_dot_product_hardkuma_triton(
                 *xs, scale=0.2, training=cfg["training"], normalize=cfg["normalize"],
                 want_stats=cfg["want_stats"], kernel=kernel)
@@ -434,14 +438,15 @@ _FLOAT_ARGS = {"scale", "p_drop", "lo", "hi", "amin", "amax", "log_k0", "log_k1"
 _F32_PTRS = {"ML", "STATS", "DELTA", "GL0", "DBIAS"}
 
 
-def _signature(fn, dtype: str, constexprs: dict) -> dict:
-    """Triton signature of one of the kernels: data pointers of ``dtype``, masks ``*u8``."""
+def _signature(fn, dtype: str, constexprs: dict, f32=()) -> dict:
+    """Triton signature of one of the kernels: data pointers of ``dtype``, masks ``*u8``, the
+    float32 buffers and ``f32`` float32."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.isupper() and name not in ("H", "T", "S"):  # pointers (H, T, S are sizes)
-            sig[name] = "*u8" if name == "VALID" else "*fp32" if name in _F32_PTRS else f"*{dtype}"
+            sig[name] = "*u8" if name == "VALID" else "*fp32" if name in _F32_PTRS or name in f32 else f"*{dtype}"
         else:
             sig[name] = "fp32" if name in _FLOAT_ARGS else "i32"
     return sig
@@ -475,9 +480,16 @@ def compile_report(arch: int, configs, head_dim: int = 64) -> list:
     rows = []
     for config in configs:
         for label, (fn, extra) in kernels.items():
-            bm, bn, nw, ns = config[:4] if label == "forward" else config[4:]
+            bm, bn, nw, ns = config[:4] if label == "forward" else config[4:8]
+            atomic = len(config) > 8 and bool(config[8])
+            if atomic and label == "backward dq":
+                continue
             ce = dict(common, BLOCK_M=bm, BLOCK_N=bn, **extra)
-            src = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, "bf16", ce), constexprs=ce)
+            if label == "backward dk/dv":
+                ce["ATOMIC_DQ"] = atomic
+                label = "backward dk/dv + atomic dq" if atomic else label
+            sig = _signature(fn, "bf16", ce, f32=("DQA", "DQB") if atomic else ())
+            src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=ce)
             try:
                 k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=nw, num_stages=ns))
                 with tempfile.TemporaryDirectory() as d:

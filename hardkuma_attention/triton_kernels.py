@@ -35,6 +35,7 @@ forward, training, softmax + stats        7      5       5
 forward, eval, softmax + stats           11      5       7
 backward, training, softmax + L0 grad    14     10      22
 backward, eval, softmax + L0 grad        28     12      28
+backward, training, atomic dq             7      5      11
 =====================================  =====  =====  ========
 
 (training forward: softplus of a and b = 2 exp + 2 log, ``log u``, ``expm1(ls)`` = exp + a
@@ -318,6 +319,13 @@ def _store_rows(ptr, x, offs, n, s_n, s_d, D: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
+def _add_rows(ptr, x, offs, n, D: tl.constexpr, BD: tl.constexpr):
+    """``atomic_add`` of a (len(offs), BD) tile into rows ``offs`` of a contiguous (n, D) matrix."""
+    d = tl.arange(0, BD)
+    tl.atomic_add(ptr + offs[:, None] * D + d[None, :], x, mask=(offs[:, None] < n) & (d[None, :] < D))
+
+
+@triton.jit
 def _allowed(VALID, sv_t, sv_s, offs_m, offs_n, T, S, causal_off,
              HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """Allowed cells of a tile; ``HAS_VALID``: 0 no mask, 1 a key mask (the same for every query:
@@ -489,7 +497,7 @@ def _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["h_seed", "h_drop"])
-def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB, DV,
+def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB, DV, DQA, DQB,
                    sqa_b, sqa_h, sqa_t, sqa_d, ska_b, ska_h, ska_n, ska_d,
                    sqb_b, sqb_h, sqb_t, sqb_d, skb_b, skb_h, skb_n, skb_d,
                    sv_b, sv_h, sv_n, sv_d, sbi_b, sbi_h, sbi_t, sbi_s,
@@ -500,7 +508,8 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    HAS_BIAS: tl.constexpr, HAS_VALID: tl.constexpr, IS_CAUSAL: tl.constexpr,
                    TRAINING: tl.constexpr, NORM: tl.constexpr, WANT_L0: tl.constexpr,
-                   DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+                   DROPOUT: tl.constexpr, SKIP_ZERO: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+                   ATOMIC_DQ: tl.constexpr):
     """One program: key rows ``[pid_n BLOCK_N, +BLOCK_N)`` of head ``bh``; loops over the query
     blocks and writes ``dka``, ``dkb`` and ``dv`` (contiguous (BH, S, D), their own dtype)."""
     pid_n = tl.program_id(0)
@@ -550,6 +559,11 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
             dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
         dka += _dot(tl.trans(dsa.to(qa.dtype)), qa, PREC, DOT_F32)
         dkb += _dot(tl.trans(dsb.to(qb.dtype)), qb, PREC, DOT_F32)
+        if ATOMIC_DQ:  # dq here too (float32 atomics): the gate is recomputed once, not twice
+            _add_rows(DQA + bh.to(tl.int64) * T * DA, _dot(dsa.to(ka.dtype), ka, PREC, DOT_F32) * scale,
+                      offs_m, T, DA, BDA)
+            _add_rows(DQB + bh.to(tl.int64) * T * DB, _dot(dsb.to(kb.dtype), kb, PREC, DOT_F32) * scale,
+                      offs_m, T, DB, BDB)
     _store_rows(DKA + bh * S * DA, (dka * scale).to(DKA.dtype.element_ty), offs_n, S, DA, 1, DA, BDA)
     _store_rows(DKB + bh * S * DB, (dkb * scale).to(DKB.dtype.element_ty), offs_n, S, DB, 1, DB, BDB)
     _store_rows(DV + bh * S * DV_, dv.to(DV.dtype.element_ty), offs_n, S, DV_, 1, DV_, BDV)
@@ -630,7 +644,10 @@ class KernelConfig:
     the forward kernel; ``bwd_*`` the same for both backward kernels (the ``dk/dv`` kernel owns
     ``bwd_block_n`` keys and loops over query blocks of ``bwd_block_m``, the ``dq`` kernel the
     other way round); ``skip_zero_tiles``: skip the ``P V`` (forward) and ``P^T dO`` (backward)
-    products of tiles whose weights are all exactly 0.
+    products of tiles whose weights are all exactly 0; ``atomic_dq``: the ``dk/dv`` kernel also
+    adds each tile's ``dq`` into a float32 buffer with atomics and the ``dq`` kernel is not run
+    (half the backward's transcendental ops; not bit-reproducible run to run; not used when a
+    bias needs its gradient).
 
     The defaults are the largest tiles whose training kernels (bf16, head dim 64, softmax,
     statistics, key padding, causal) compile for sm_90 without register spills (head dim 128:
@@ -646,6 +663,7 @@ class KernelConfig:
     bwd_num_warps: int = 4
     bwd_num_stages: int = 2
     skip_zero_tiles: bool = True
+    atomic_dq: bool = False
 
     @staticmethod
     def default(head_dim: int) -> "KernelConfig":
@@ -828,15 +846,20 @@ def _backward(p: _Prepared, c: _Call, inputs, out, ml, grad_out, grad_l0, want_d
     want_l0 = c.want_stats and grad_l0 is not None
     gl0 = grad_l0.detach().float().reshape(1).contiguous() if want_l0 else delta
     dqa, dka, dqb, dkb, dv = (_grad_buffer(x, p, n) for x, n in zip(inputs, (p.T, p.S, p.T, p.S, p.S)))
+    atomic = c.kernel.atomic_dq and not want_dbias
+    if atomic:
+        dqa = torch.zeros(dqa.shape, dtype=torch.float32, device=dev)
+        dqb = torch.zeros(dqb.shape, dtype=torch.float32, device=dev)
     dbias = torch.zeros((p.B, p.H, p.T, p.S), dtype=torch.float32, device=dev) if want_dbias else delta
     bias, valid, sb, sv = _mask_args(p, delta)
     common = (*_strides(qa, ka, qb, kb, v), *sb, *sv, *g.stride(), p.H, p.T, p.S, *c.scalars(p.T, p.S))
     _bwd_kv_kernel[(triton.cdiv(p.S, c.kernel.bwd_block_n), BH)](
-        qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dka, dkb, dv, *common, DV_=v.shape[-1],
-        WANT_L0=want_l0, SKIP_ZERO=c.kernel.skip_zero_tiles, **f)
-    _bwd_q_kernel[(triton.cdiv(p.T, c.kernel.bwd_block_m), BH)](
-        qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dqa, dqb, dbias, *common, DV_=v.shape[-1],
-        WANT_L0=want_l0, WANT_DBIAS=want_dbias, **f)
+        qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dka, dkb, dv, dqa, dqb, *common, DV_=v.shape[-1],
+        WANT_L0=want_l0, SKIP_ZERO=c.kernel.skip_zero_tiles, ATOMIC_DQ=atomic, **f)
+    if not atomic:
+        _bwd_q_kernel[(triton.cdiv(p.T, c.kernel.bwd_block_m), BH)](
+            qa, ka, qb, kb, v, bias, valid, g, ml, delta, gl0, dqa, dqb, dbias, *common, DV_=v.shape[-1],
+            WANT_L0=want_l0, WANT_DBIAS=want_dbias, **f)
     return dqa, dka, dqb, dkb, dv, dbias if want_dbias else None
 
 

@@ -27,7 +27,8 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 # name -> dict(shape=(B, H, T, S, D), dtype, training, normalize, masks...)
 CASES = {
     "eval_none_plain_d32": dict(training=False, normalize="none"),
-    "eval_softmax_padding_causal": dict(training=False, normalize="softmax", padding=True, causal=True),
+    "eval_softmax_padding_causal_atomic": dict(training=False, normalize="softmax", padding=True, causal=True,
+                                               atomic=True),
     "eval_sum_bias_d64_no_skip": dict(training=False, normalize="sum", bias=True, D=64, no_skip=True),
     "train_none_padding_bias": dict(training=True, normalize="none", padding=True, bias=True),
     "train_sum_causal_key_bias": dict(training=True, normalize="sum", causal=True, key_bias=True),
@@ -36,11 +37,11 @@ CASES = {
     "train_softmax_d64_causal_bwd_blocks": dict(training=True, normalize="softmax", causal=True, D=64, T=17, S=17,
                                                 bwd_blocks=(32, 16)),
     "train_none_3d_mask_kv_broadcast": dict(training=True, normalize="none", mask3d=True, kv_broadcast=True),
-    "train_softmax_fully_masked_rows": dict(training=True, normalize="softmax", empty_rows=True),
+    "train_softmax_fully_masked_rows_atomic": dict(training=True, normalize="softmax", empty_rows=True, atomic=True),
     "train_sum_length_1": dict(training=True, normalize="sum", T=1, S=1),
     "train_none_no_keys": dict(training=True, normalize="none", S=0),
     "train_softmax_bf16": dict(training=True, normalize="softmax", padding=True, dtype="bfloat16"),
-    "train_none_fp16_causal": dict(training=True, normalize="none", causal=True, dtype="float16"),
+    "train_none_fp16_causal_atomic": dict(training=True, normalize="none", causal=True, dtype="float16", atomic=True),
     "eval_softmax_bf16": dict(training=False, normalize="softmax", dtype="bfloat16"),
 }
 NAMES = ("out", "l0_sum", "nonzero", "cells", "d_qa", "d_ka", "d_qb", "d_kb", "d_v", "d_bias")
@@ -108,7 +109,8 @@ def _worker(path):
     for name, case in CASES.items():
         bm, bn = case.get("bwd_blocks", (16, 16))
         kernel = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, bwd_block_m=bm, bwd_block_n=bn,
-                              bwd_num_warps=1, bwd_num_stages=1, skip_zero_tiles=not case.get("no_skip"))
+                              bwd_num_warps=1, bwd_num_stages=1, skip_zero_tiles=not case.get("no_skip"),
+                              atomic_dq=bool(case.get("atomic")))
         tri = _run_one(scaled_dot_product_hardkuma_triton, case, torch, dict(kernel=kernel))
         ref = _run_one(scaled_dot_product_hardkuma, case, torch, dict(compile=False))
         rows = {}
@@ -160,7 +162,7 @@ def test_kernels_match_reference(results, name):
 
 
 def test_fully_masked_rows_are_zero(results):
-    assert results["train_softmax_fully_masked_rows"]["masked_rows_zero"]
+    assert results["train_softmax_fully_masked_rows_atomic"]["masked_rows_zero"]
 
 
 def test_no_keys_gives_zero_output(results):
@@ -217,25 +219,26 @@ def test_benchmark_dry_run(tmp_path):
         assert float(diff) <= 1e-4 * (1 + float(scale)), (name, diff, scale)
     measured = {m[0].strip(): tuple(float(x) for x in m[1:])
                 for m in re.findall(r"^\| ((?:forward|backward)[^|]*)\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)}
-    assert len(measured) == 5
+    assert len(measured) == 6
     for doc in (BENCH.read_text(), (ROOT / "hardkuma_attention" / "triton_kernels.py").read_text()):
         assert _doc_counts(doc) == measured
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install .[gpu])")
 def test_kernels_compile_for_the_gpu():
-    """What the interpreter cannot check: the training kernels (all masks, softmax, statistics,
-    dropout; bf16, head dim 64) compile to sm_90 machine code (triton's own ptxas, no GPU needed)."""
+    """What the interpreter cannot check: the training kernels (key padding, causal, softmax,
+    statistics; bf16, head dim 64; with and without atomic dq) compile to sm_90 machine code
+    (triton's own ptxas, no GPU needed)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                TRITON_DEFAULT_FP_FUSION="1")
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, str(BENCH), "--compile-only", "90", "--head-dims", "64",
-                           "--compile-configs", "64,32,4,2,64,16,4,2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--compile-configs", "64,32,4,2,64,16,4,2", "64,32,4,2,64,16,4,2,1"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = re.findall(r"^\| (forward|backward dk/dv|backward dq) \| (?:64 \| 32|64 \| 16) \| 4 \| 2 \| (\d+) \|",
-                      proc.stdout, re.M)
-    assert len(rows) == 3 and all(int(r[1]) > 0 for r in rows), proc.stdout
+    rows = re.findall(r"^\| (forward|backward dk/dv|backward dq|backward dk/dv \+ atomic dq) \| (?:64 \| 32|64 \| 16) "
+                      r"\| 4 \| 2 \| (\d+) \|", proc.stdout, re.M)
+    assert len(rows) == 5 and all(int(r[1]) > 0 for r in rows), proc.stdout
 
 
 if __name__ == "__main__":
