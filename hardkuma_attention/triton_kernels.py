@@ -84,10 +84,14 @@ _LN2 = 0.6931471805599453
 _NORM_CODE = {"none": 0, "sum": 1, "softmax": 2}
 
 
+#: Whether ``TRITON_INTERPRET=1`` was set when this module (and so its ``@triton.jit`` kernels)
+#: was created: then the kernels run in Triton's interpreter on CPU tensors (the tests).
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
-    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` was set when
-    ``triton`` was imported: CPU tensors, for the tests)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether the kernels run in Triton's interpreter (CPU tensors, for the tests)."""
+    return _INTERPRETED
 
 
 # ---------------------------------------------------------------------- counter noise (32-bit)
@@ -366,6 +370,18 @@ def _scores(qa, qb, ka, kb, BIAS, offs_m, offs_n, T, S, sbi_t, sbi_s, scale,
     return sa, sb
 
 
+@triton.jit
+def _head_pointers(bh, H, QA, KA, QB, KB, V, BIAS, VALID, sqa_b, sqa_h, ska_b, ska_h, sqb_b, sqb_h,
+                   skb_b, skb_h, sv_b, sv_h, sbi_b, sbi_h, sva_b, sva_h):
+    """The input pointers moved to head ``bh = b H + h`` (64-bit offsets: (B, H, T, S) masks can
+    exceed 2^31 elements), and ``(b, h)``."""
+    b_i = (bh // H).to(tl.int64)
+    h_i = (bh % H).to(tl.int64)
+    return (QA + b_i * sqa_b + h_i * sqa_h, KA + b_i * ska_b + h_i * ska_h, QB + b_i * sqb_b + h_i * sqb_h,
+            KB + b_i * skb_b + h_i * skb_h, V + b_i * sv_b + h_i * sv_h, BIAS + b_i * sbi_b + h_i * sbi_h,
+            VALID + b_i * sva_b + h_i * sva_h, b_i, h_i)
+
+
 # ---------------------------------------------------------------------- forward kernel
 
 
@@ -386,15 +402,9 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
     the row max / normaliser (``ML``: (2, BH, T)) and the row statistics (``STATS``: (3, BH, T))."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
-    h_i = (bh % H).to(tl.int64)
-    QA += b_i * sqa_b + h_i * sqa_h
-    QB += b_i * sqb_b + h_i * sqb_h
-    KA += b_i * ska_b + h_i * ska_h
-    KB += b_i * skb_b + h_i * skb_h
-    V += b_i * sv_b + h_i * sv_h
-    BIAS += b_i * sbi_b + h_i * sbi_h
-    VALID += b_i * sva_b + h_i * sva_h
+    QA, KA, QB, KB, V, BIAS, VALID, b_i, h_i = _head_pointers(
+        bh, H, QA, KA, QB, KB, V, BIAS, VALID, sqa_b, sqa_h, ska_b, ska_h, sqb_b, sqb_h, skb_b, skb_h,
+        sv_b, sv_h, sbi_b, sbi_h, sva_b, sva_h)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qa = _load_rows(QA, offs_m, T, sqa_t, sqa_d, DA, BDA)
     qb = _load_rows(QB, offs_m, T, sqb_t, sqb_d, DB, BDB)
@@ -514,15 +524,9 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
     blocks and writes ``dka``, ``dkb`` and ``dv`` (contiguous (BH, S, D), their own dtype)."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
-    h_i = (bh % H).to(tl.int64)
-    QA += b_i * sqa_b + h_i * sqa_h
-    QB += b_i * sqb_b + h_i * sqb_h
-    KA += b_i * ska_b + h_i * ska_h
-    KB += b_i * skb_b + h_i * skb_h
-    V += b_i * sv_b + h_i * sv_h
-    BIAS += b_i * sbi_b + h_i * sbi_h
-    VALID += b_i * sva_b + h_i * sva_h
+    QA, KA, QB, KB, V, BIAS, VALID, b_i, h_i = _head_pointers(
+        bh, H, QA, KA, QB, KB, V, BIAS, VALID, sqa_b, sqa_h, ska_b, ska_h, sqb_b, sqb_h, skb_b, skb_h,
+        sv_b, sv_h, sbi_b, sbi_h, sva_b, sva_h)
     GO += b_i * sg_b + h_i * sg_h
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ka = _load_rows(KA, offs_n, S, ska_n, ska_d, DA, BDA)
@@ -587,15 +591,9 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
     ``dsa`` into the (BH, T, S) ``DBIAS``."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b_i = (bh // H).to(tl.int64)  # 64-bit base offsets: (B, H, T, S) masks can exceed 2^31 elements
-    h_i = (bh % H).to(tl.int64)
-    QA += b_i * sqa_b + h_i * sqa_h
-    QB += b_i * sqb_b + h_i * sqb_h
-    KA += b_i * ska_b + h_i * ska_h
-    KB += b_i * skb_b + h_i * skb_h
-    V += b_i * sv_b + h_i * sv_h
-    BIAS += b_i * sbi_b + h_i * sbi_h
-    VALID += b_i * sva_b + h_i * sva_h
+    QA, KA, QB, KB, V, BIAS, VALID, b_i, h_i = _head_pointers(
+        bh, H, QA, KA, QB, KB, V, BIAS, VALID, sqa_b, sqa_h, ska_b, ska_h, sqb_b, sqb_h, skb_b, skb_h,
+        sv_b, sv_h, sbi_b, sbi_h, sva_b, sva_h)
     GO += b_i * sg_b + h_i * sg_h
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qa = _load_rows(QA, offs_m, T, sqa_t, sqa_d, DA, BDA)
@@ -942,12 +940,16 @@ def scaled_dot_product_hardkuma_triton(
     stats_key: Optional[str] = None,
     compile: Optional[bool] = None,
     generator: Optional[torch.Generator] = None,
+    kernels=None,
+    block_q: Optional[int] = None,
+    block_k: Optional[int] = None,
     kernel: Optional[KernelConfig] = None,
 ) -> Tuple[torch.Tensor, None, Optional[AttentionStats]]:
     r""":func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` on the Triton kernels:
-    the same arguments and results (``compile`` is ignored; ``kernel`` sets the launch
-    parameters), the same seed drawn from ``generator`` in training and so the same gates as
-    the CPU path up to float rounding.  ``need_weights=True`` and float64 raise ``ValueError``
+    the same arguments and results (the CPU path's ``compile``, ``kernels``, ``block_q`` and
+    ``block_k`` are accepted and ignored, so a caller can pass its arguments on unchanged;
+    ``kernel`` sets the launch parameters), the same seed drawn from ``generator`` in training
+    and so the same gates as the CPU path up to float rounding.  ``need_weights=True`` and float64 raise ``ValueError``
     (:func:`unsupported_reason`): the caller uses the reference path for those.
 
     Returns ``(out (..., T, dv), None, stats or None)``.

@@ -121,6 +121,10 @@ def _worker(path):
         if case.get("empty_rows"):
             rows["masked_rows_zero"] = bool((tri[0][0, :, 3:9] == 0).all() and (tri[0][1] == 0).all())
         results[name] = rows
+    import inspect
+
+    ref_args = set(inspect.signature(scaled_dot_product_hardkuma).parameters)
+    results["missing_args"] = sorted(ref_args - set(inspect.signature(scaled_dot_product_hardkuma_triton).parameters))
     x = torch.zeros(1, 1, 4, 32)
     results["reasons"] = dict(
         need_weights=unsupported_reason(x, x, x, x, x, need_weights=True),
@@ -168,6 +172,11 @@ def test_fully_masked_rows_are_zero(results):
 def test_no_keys_gives_zero_output(results):
     rows = results["train_none_no_keys"]
     assert rows["out"]["scale"] == 0.0 and rows["out"]["diff"] == 0.0 and rows["cells"]["scale"] == 0.0
+
+
+def test_takes_every_argument_of_the_reference(results):
+    """A dispatcher can pass the reference call's keyword arguments on unchanged."""
+    assert results["missing_args"] == []
 
 
 def test_unsupported_inputs_are_named(results):
