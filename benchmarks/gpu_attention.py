@@ -32,12 +32,12 @@ needs torch with CUDA, triton, and this repository on ``PYTHONPATH``)::
    =====================================  =====  =====  ========
    pass                                    exp    log   division
    =====================================  =====  =====  ========
-   forward, training, none                   4      4       4
-   forward, training, softmax + stats        7      5       5
-   forward, eval, softmax + stats           11      5       7
-   backward, training, softmax + L0 grad    14     10      22
-   backward, eval, softmax + L0 grad        28     12      28
-   backward, training, atomic dq             7      5      11
+   forward, training, none                  4      4       4
+   forward, training, softmax + stats       7      5       4
+   forward, eval, softmax + stats           9      5       4
+   backward, training, softmax + L0 grad   14     10      20
+   backward, eval, softmax + L0 grad       18     10      20
+   backward, training, atomic dq            7      5      10
    =====================================  =====  =====  ========
 
    (backward: both backward kernels, ``dk/dv`` and ``dq``, recompute the cell's gate, so per

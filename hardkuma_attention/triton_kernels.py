@@ -30,12 +30,12 @@ is one special-function-unit instruction on NVIDIA GPUs, a division one reciproc
 =====================================  =====  =====  ========
 pass (per cell)                         exp    log   division
 =====================================  =====  =====  ========
-forward, training, none                   4      4       4
-forward, training, softmax + stats        7      5       5
-forward, eval, softmax + stats           11      5       7
-backward, training, softmax + L0 grad    14     10      22
-backward, eval, softmax + L0 grad        28     12      28
-backward, training, atomic dq             7      5      11
+forward, training, none                  4      4       4
+forward, training, softmax + stats       7      5       4
+forward, eval, softmax + stats           9      5       4
+backward, training, softmax + L0 grad   14     10      20
+backward, eval, softmax + L0 grad       18     10      20
+backward, training, atomic dq            7      5      10
 =====================================  =====  =====  ========
 
 (training forward: softplus of a and b = 2 exp + 2 log, ``log u``, ``expm1(ls)`` = exp + a
@@ -163,14 +163,12 @@ def _log1p_of(u, y):
 
 @triton.jit
 def _log1mexp(x):
-    """``(log(1 - e^x), e^x, expm1(x))`` for ``x < 0`` (Maechler: ``log(-expm1 x)`` above
-    ``-log 2``, ``log1p(-e^x)`` below)."""
+    """``(log(1 - e^x), e^x, expm1(x))`` for ``x < 0``, as the CPU path: ``log(-expm1(x))`` (far
+    below ``-log 2`` the tiny result keeps only an absolute accuracy of ~float eps, harmless where
+    it enters: ``exp(b L)`` and ``e L``)."""
     ex = tl.exp(x)
     em1 = _expm1(x, ex)
-    near = x > -0.6931471805599453
-    u = tl.where(near, -em1, 1.0 - ex)
-    lg = tl.log(u)
-    return tl.where(near, lg, tl.where(u == 1.0, -ex, lg * (-ex / (u - 1.0)))), ex, em1
+    return tl.log(-em1), ex, em1
 
 
 @triton.jit
@@ -199,28 +197,18 @@ def _kuma(a, b, log_u):
 
 
 @triton.jit
-def _eval_gate(a, b, lo, hi, log_k0, log_k1, GRAD: tl.constexpr):
-    """Deterministic gate ``(z, median selected, k, log k, log s, w, L0 = log(1 - P0))``:
-    0 where ``P0 > P1``, 1 otherwise, the median where ``P(0 < Z < 1)`` exceeds both."""
-    L0 = b * _log1mexp(a * log_k0)[0]
-    L1 = b * _log1mexp(a * log_k1)[0]
-    e0 = tl.exp(L0)
-    p0 = -_expm1(L0, e0)
-    p1 = tl.exp(L1)
-    d = L1 - L0
-    pc = e0 * -_expm1(d, tl.exp(d))
-    ls = -0.6931471805599453 / b
-    lw = _log1mexp(ls)[0]
-    lk = lw / a
-    k = tl.exp(lk)
+def _eval_gate(a, b, e0, lo, hi, log_k1):
+    """Deterministic gate ``(z, median selected, k, log k, log s, w)`` given ``e0 = 1 - P0``
+    (the expected-L0 cell, shared with the statistics): 0 where ``P0 > P1``, 1 otherwise, the
+    median (the Kuma sample at ``u = 1/2``) where ``Pc = (1 - P0) - P1`` exceeds both."""
+    p1 = tl.exp(b * _log1mexp(a * log_k1)[0])
+    p0 = 1.0 - e0
+    pc = e0 - p1
+    k, lk, ls, w = _kuma(a, b, -0.6931471805599453)
     med = (pc > p0) & (pc > p1)
     t = lo + (hi - lo) * k
     z = tl.where(med, tl.minimum(tl.maximum(t, 0.0), 1.0), tl.where(p1 >= p0, 1.0, 0.0))
-    if GRAD:
-        w = tl.exp(lw)
-    else:
-        w = 0.0
-    return z, med, k, lk, ls, w, L0
+    return z, med, k, lk, ls, w
 
 
 @triton.jit
@@ -237,8 +225,8 @@ def _gate_fwd(sa, sb, hrow, kcol, lo, hi, amin, amax, log_k0, log_k1,
         else:
             e = 0.0
     else:
-        z, _m, _k, _lk, _ls, _w, L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1, False)
-        e = tl.exp(L0)
+        e = tl.exp(b * _log1mexp(a * log_k0)[0])
+        z = _eval_gate(a, b, e, lo, hi, log_k1)[0]
     return z, e
 
 
@@ -256,17 +244,19 @@ def _gate_bwd(sa, sb, allowed, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
     ``m``, ``Di``, ``il`` are the row max, ``g_i . out_i`` and ``1 / l_i`` as (M, 1)."""
     a, da = _ab(sa, amin, amax, True)
     b, db = _ab(sb, amin, amax, True)
+    L, ex0, em0 = _log1mexp(a * log_k0)  # the expected-L0 cell: eval gate and L0 gradient (else unused)
+    e0 = tl.exp(b * L)
     if TRAINING:
         k, lk, ls, w = _kuma(a, b, tl.log(_uniform(hrow, kcol)))
         t = lo + (hi - lo) * k
         z = tl.minimum(tl.maximum(t, 0.0), 1.0)
-        c = tl.where((t > 0.0) & (t < 1.0) & allowed, (hi - lo) * k, 0.0)
-        jzb = c * (1.0 - w) * ls / (a * b * tl.maximum(w, 1e-30)) * db
-    else:
-        z, med, k, lk, ls, w, _L0 = _eval_gate(a, b, lo, hi, log_k0, log_k1, True)
+        has_grad = allowed
+    else:  # only the median cells have a gradient: the sample at u = 1/2, the same Jacobian
+        z, med, k, lk, ls, w = _eval_gate(a, b, e0, lo, hi, log_k1)
         t = lo + (hi - lo) * k
-        c = tl.where(med & (t >= 0.0) & (t <= 1.0) & allowed, (hi - lo) * k, 0.0)
-        jzb = c * tl.exp(ls) * ls / (a * b * tl.maximum(w, 1e-30)) * db
+        has_grad = allowed & med
+    c = tl.where((t > 0.0) & (t < 1.0) & has_grad, (hi - lo) * k, 0.0)
+    jzb = c * (1.0 - w) * ls / (a * b * tl.maximum(w, 1e-30)) * db
     jza = c * (-lk / a) * da
     z = tl.where(allowed, z, 0.0)
     if NORM == 2:
@@ -297,9 +287,7 @@ def _gate_bwd(sa, sb, allowed, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
     dsa = dz * jza + extra
     dsb = dz * jzb
     if WANT_L0:
-        x = a * log_k0
-        L, ex0, em0 = _log1mexp(x)
-        e = tl.where(allowed, tl.exp(b * L) * g_l0, 0.0)
+        e = tl.where(allowed, e0 * g_l0, 0.0)
         dsa += e * b * (-log_k0) / (-em0 / ex0) * da  # expm1(-x) = -expm1(x) / exp(x)
         dsb += e * L * db
     return dsa, dsb, wd
