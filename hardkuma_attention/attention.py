@@ -280,9 +280,12 @@ class HardKumaAttention(nn.Module):
             scale = 1.0 / math.sqrt(d)
             qa, ka = q, k
             qb, kb = heads(self.q_proj_b(query), T), heads(self.k_proj_b(key), S)
-        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal, B, T, S, q.dtype, query.device)
+        # a causal mask of its own (T == S, where both alignments agree) streams without a T x S mask
+        causal = is_causal and attn_mask is None and T == S
+        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal and not causal, B, T, S, q.dtype,
+                                  query.device)
         out, weights, stats = scaled_dot_product_hardkuma(
-            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, training=self.training,
+            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=causal, training=self.training,
             normalize=self.normalize, support=self.support, ab_clamp=self.ab_clamp,
             dropout_p=self.dropout, need_weights=need_weights, want_stats=return_stats,
             stats_key=self.stats_key, compile=self.compile,

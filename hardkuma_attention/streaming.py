@@ -10,7 +10,7 @@ statistics, as memory-efficient softmax attention (FlashAttention) does.
 Per cell (``a = clamp(softplus(sa), ab_min, ab_max)``, ``b`` likewise, ``u`` the counter noise)::
 
     training:  ls = log(u) / b,  w = -expm1(ls),  k = exp(log(w) / a),  z = clamp(l + (r - l) k, 0, 1)
-    eval:      z = HardKumaraswamy(a, b).deterministic()
+    eval:      z = HardKumaraswamy(a, b).deterministic()   (no noise)
     p = z                         normalize "none" / "sum"
     p = z exp(sa - m_i)           normalize "softmax" (m_i: running row max over allowed cells)
     w = p / l_i                   l_i = sum_j p_ij (1 where it is 0); "none": l_i = 1
@@ -29,6 +29,15 @@ sigmoid(sb)`` where ``0 < z < 1`` and the clamp of ``a`` (``b``) is inactive, el
 (``s = 1 - w = u^(1/b)``, ``log s = ls``: the logarithms of the sample are shared, nothing is
 recovered from ``z``).  Expected L0 per allowed cell ``(1 - k0^a)^b = exp(b L)``,
 ``L = log(1 - k0^a)``, with ``d/da = exp(b L) b (-log k0) / expm1(-a log k0)``, ``d/db = exp(b L) L``.
+The eval gate is the median (the sample at ``u = 1/2``) where ``P(0 < z < 1) > max(P0, P1)``, else
+the constant ``1(P1 >= P0)``: its Jacobian is the training one on the median cells, 0 elsewhere.
+
+Shapes inside: queries, keys and values are flattened to contiguous ``(N, n, d)`` (``N`` = batch x
+heads after broadcasting); the elementwise kernels see ``(*lead, t, s)`` views so that ``bias`` and
+``valid`` broadcast as given.  Tile sizes: ``block_k`` keys (default ``min(S, 1024)``) and as many
+query rows as fit :attr:`TileKernels.eager_block_cells` / ``compiled_block_cells``; results do not
+depend on them beyond float round-off.  The kernels are plain functions of tensors that
+:class:`TileKernels` runs eagerly or through ``torch.compile``.
 """
 from __future__ import annotations
 
@@ -41,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .distributions import log1mexp
 
 __all__ = [
     "counter_uniform",
@@ -209,9 +217,17 @@ def _gate_jacobian(t, k, lk, ls, w, a, b, da_ds, db_ds, valid, lo: float, hi: fl
     return z, ja, jb
 
 
+def _log1mexp(x):
+    """``log(1 - e^x)`` for ``x < 0`` as ``log(-expm1(x))``: two transcendentals instead of the four
+    of the branch-free :func:`~hardkuma_attention.distributions.log1mexp` (which evaluates both
+    branches).  Far below ``-log 2`` it loses the tiny result's relative precision (absolute error
+    ~ float eps): harmless here, where it only enters ``exp(b L)`` and ``e L``."""
+    return torch.log(torch.expm1(x).neg_())
+
+
 def _l0_cells(a, b, log_k0: float):
     """``(1 - k0^a)^b`` and ``L = log(1 - k0^a)``."""
-    L = log1mexp(a * log_k0)
+    L = _log1mexp(a * log_k0)
     return torch.exp(b * L), L
 
 
@@ -271,11 +287,9 @@ def _eval_gate_parts(sa, sb, lo: float, hi: float, amin: float, amax: float, log
     discrete value; ``e0 = 1 - P0`` (the expected-L0 cell)."""
     a = F.softplus(sa).clamp_(amin, amax)
     b = F.softplus(sb).clamp_(amin, amax)
-    L0 = log1mexp(a * log_k0).mul_(b)  # log(1 - P0)
-    L1 = log1mexp(a * math.log((1.0 - lo) / (hi - lo))).mul_(b)  # log P1
-    e0 = torch.exp(L0)
-    p0, p1 = torch.expm1(L0).neg_(), torch.exp(L1)
-    pc = (L1 - L0).expm1_().neg_().mul_(e0)
+    e0 = _log1mexp(a * log_k0).mul_(b).exp_()  # 1 - P0
+    p1 = _log1mexp(a * math.log((1.0 - lo) / (hi - lo))).mul_(b).exp_()  # P1
+    p0, pc = torch.neg(e0).add_(1.0), e0 - p1
     choice = torch.where((pc > p0) & (pc > p1), 2.0, (p1 >= p0).to(sa.dtype))
     lu = torch.full_like(a, -math.log(2.0))
     return (choice,) + _kuma_from_log_u(a, b, lu, lo, hi) + (e0, a, b)

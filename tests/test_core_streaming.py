@@ -321,8 +321,21 @@ def test_saved_bytes_grow_linearly_not_quadratically(normalize):
     assert large < 9 * small  # 8x the length; a T x S map would make it ~64x
     mha = HardKumaAttention(16, 2, batch_first=True, normalize=normalize, compile=False)
     xs = {T: torch.randn(1, T, 16) for T in (64, 512)}
-    sizes = {T: saved_bytes(lambda: mha(xs[T], xs[T], xs[T], need_weights=False, is_causal=False)) for T in xs}
-    assert sizes[512] < 9 * sizes[64]
+    for causal in (False, True):
+        sizes = {T: saved_bytes(lambda: mha(xs[T], xs[T], xs[T], need_weights=False, is_causal=causal)) for T in xs}
+        assert sizes[512] < 9 * sizes[64]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_module_is_causal_streams_the_same_as_a_causal_mask(training):
+    mha = HardKumaAttention(16, 2, batch_first=True, compile=False).train(training)
+    x = torch.randn(2, 7, 16)
+    mask = torch.ones(7, 7, dtype=torch.bool).triu(1)
+    torch.manual_seed(0)
+    a, _ = mha(x, x, x, need_weights=False, is_causal=True)
+    torch.manual_seed(0)
+    b, _ = mha(x, x, x, need_weights=False, attn_mask=mask)
+    assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_low_precision_inputs_use_float32_gate_math():
