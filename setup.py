@@ -13,6 +13,8 @@ EXTRAS = {
     # tokenisers pinned exactly: the Multi30k recipe's subwords must be reproducible
     "fairseq": ["fairseq-fixed==0.12.3.1", "sacrebleu>=2.3,<3", "sentencepiece==0.2.3", "sacremoses==0.2.0"],
     "rationale": ["tqdm>=4.60", "matplotlib>=3.7"],
+    # Triton GPU kernels (hardkuma_attention/triton_kernels.py); tested with 3.9 (CPU interpreter)
+    "gpu": ["triton>=3.2,<3.10"],
     # captum: only the test that checks our occlusion scores against captum's Occlusion
     # Hugging Face backend (hardkuma_attention.integrations.transformers), tested with 5.24.0;
     # accelerate: transformers.Trainer (HardKumaTrainer) needs it
