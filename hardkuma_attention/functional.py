@@ -5,6 +5,8 @@ valid positions.  Masked positions count as gates that are exactly 0 (``P0 = 1``
 """
 from __future__ import annotations
 
+import importlib.util
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -222,6 +224,29 @@ def _whole_map_attention(qa, ka, qb, kb, v, scale, valid, bias, training, normal
     return torch.matmul(attn, v.to(c)), weights, l0
 
 
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _triton_backend(backend, qa, ka, qb, kb, v, valid, bias, need_weights):
+    """The Triton entry point this call goes to, or None for the reference (CPU streaming) path."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference" or (backend == "auto" and qa.device.type != "cuda"):
+        return None
+    if importlib.util.find_spec("triton") is None:
+        if backend == "triton":
+            raise ValueError('backend="triton" needs triton: pip install "hardkuma-attention[gpu]"')
+        return None
+    from . import triton_kernels
+
+    why = triton_kernels.unsupported_reason(qa, ka, qb, kb, v, valid, bias, need_weights=need_weights)
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f'backend="triton": {why}')
+        return None
+    return triton_kernels.scaled_dot_product_hardkuma_triton
+
+
 def scaled_dot_product_hardkuma(
     qa: torch.Tensor,
     ka: torch.Tensor,
@@ -246,6 +271,7 @@ def scaled_dot_product_hardkuma(
     kernels: Optional[TileKernels] = None,
     block_q: Optional[int] = None,
     block_k: Optional[int] = None,
+    backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[AttentionStats]]:
     r"""HardKuma attention from per-head queries, keys and values: the one core path that
     :class:`~hardkuma_attention.HardKumaAttention`, the fairseq plugins and the integrations call.
@@ -277,11 +303,24 @@ def scaled_dot_product_hardkuma(
     :class:`~hardkuma_attention.streaming.TileKernels`) overrides it.  ``block_q`` / ``block_k``:
     tile sizes (default from a cell budget; results do not depend on them beyond round-off).
 
+    ``backend``: ``"auto"`` (default: CUDA tensors go to the Triton kernels of
+    :mod:`hardkuma_attention.triton_kernels` when triton is importable and the call is one they
+    take, see ``triton_kernels.unsupported_reason``; everything else to the path above),
+    ``"triton"`` (those kernels or a ``ValueError`` saying why not) or ``"reference"`` (never the
+    kernels: for debugging).
+
     Returns ``(out (..., T, dv), weights (..., T, S) or None, stats or None)``: ``weights`` only
     with ``need_weights``; the :class:`AttentionStats` (differentiable expected-L0 sum, valid
     cells, exactly non-zero cells) when ``want_stats`` or a :func:`collect_attention_stats`
     context is active, and then also handed to the active collectors.
     """
+    triton_path = _triton_backend(backend, qa, ka, qb, kb, v, valid, bias, need_weights)
+    if triton_path is not None:
+        return triton_path(
+            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=is_causal, training=training,
+            normalize=normalize, support=support, ab_clamp=ab_clamp, dropout_p=dropout_p,
+            need_weights=need_weights, want_stats=want_stats, stats_key=stats_key, generator=generator,
+        )
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     if not 0.0 <= dropout_p < 1.0:
