@@ -33,13 +33,14 @@ expected/measured selection rate, multipliers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..constraints import LagrangianConstraint
+from ..distributions import HardKumaraswamy
 from ..functional import expected_l0, expected_transitions, masked_mean
 from .models import RationaleOutput
 
@@ -178,7 +179,7 @@ def selection_surrogate(dist, mask: torch.Tensor, kind: str) -> torch.Tensor:
     return l0
 
 
-def lasso_measured(dist, mask: torch.Tensor, kind: str) -> torch.Tensor:
+def lasso_measured(dist: Union[HardKumaraswamy, torch.Tensor], mask: torch.Tensor, kind: str) -> torch.Tensor:
     r"""The expected transition quantity the lasso constraint bounds (``ObjectiveConfig.lasso_measure``).
 
     With ``p_t = 1 - P0_t`` and ``E[T_i] = sum_t p_t (1 - p_{t+1}) + (1 - p_t) p_{t+1}`` (pairs of
@@ -194,7 +195,8 @@ def lasso_measured(dist, mask: torch.Tensor, kind: str) -> torch.Tensor:
     """
     if kind == "per_selected":
         trans = expected_transitions(dist, mask, dim=-1, normalize=False).sum()
-        selected = (dist.expected_l0() * mask.to(trans.dtype)).sum()
+        p0 = dist.prob_zero() if isinstance(dist, HardKumaraswamy) else dist
+        selected = ((1 - p0) * mask.to(trans.dtype)).sum()
         return trans / selected.clamp_min(1e-6)
     return expected_transitions(dist, mask, dim=-1, normalize=True)
 

@@ -22,19 +22,21 @@ def marker_examples(n, seed, length=10, fillers=30):
 
 
 def span_examples(n, seed, length=40, span=5, fillers=30):
-    """A contiguous-evidence task: a ``span``-token phrase at a random position of a ``length``-token
-    text.  The phrase is ``span - 1`` filler words with the marker (``good`` = label 1, ``bad`` =
-    label 0) in its middle, so the marker alone decides the label while the human rationale is the
-    whole phrase: a model at the phrase's rate (``span / length``) either selects the marker plus
-    scattered tokens elsewhere, or, when it is pushed to select one contiguous run, the phrase."""
+    """A contiguous-evidence task: a phrase of ``span`` sentiment words at a random position of a
+    ``length``-token text of fillers.  Each phrase word is ``good`` or ``bad`` at random; the label
+    is the majority of the phrase (1 = more ``good``), so the classifier needs all of it; the human rationale is the whole phrase.  A model asked to select
+    more than the phrase (e.g. ``8 / 40``) can add scattered filler tokens (several runs) or, pushed
+    towards one contiguous run, extend the phrase (one run, IOU ``span / selected`` with it)."""
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(fillers)]
     out = []
     for i in range(n):
         tokens = [rng.choice(words) for _ in range(length)]
         start = rng.randrange(length - span + 1)
-        label = rng.randrange(2)
-        tokens[start + span // 2] = "good" if label else "bad"
+        votes = [rng.random() < 0.5 for _ in range(span)]
+        for j, v in enumerate(votes):
+            tokens[start + j] = "good" if v else "bad"
+        label = int(2 * sum(votes) > span)
         rationale = [start <= j < start + span for j in range(length)]
         out.append(Example(tokens, label, id=f"span{i}", rationale=rationale))
     return out
