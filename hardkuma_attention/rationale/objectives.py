@@ -4,7 +4,9 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
 
     task      = CE(logits, y)                     (regression: MSE(sigmoid output, y))
     L0        = mean_i  mean_{t in m_i} (1 - P(z_it = 0))         core ``functional.expected_l0``
-    trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
+    T_i       = sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ...                   core ``expected_transitions``
+    trans     = sum_i T_i / sum_i sum_{t in m_i} (1 - P(z_it = 0))   (lasso_measure="per_selected")
+              = mean_i T_i / |m_i|                                    (lasso_measure="rate", the paper)
     loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
                 (task only during the first ``constraint_warmup`` updates; with
                 ``selection_anneal`` the target falls linearly from 1 to ``selection``)
@@ -104,6 +106,26 @@ class ObjectiveConfig:
     which rises with the gate as well but whose gradient does not vanish when every gate is
     confidently open (there ``P(z=0)`` is ~1e-12 and flat, while ``P(z=1)`` still moves); only
     with ``selection_measure="decoded"``, since the multiplier must track the selection itself.
+    ``"log_open"``: ``(log(1 - P0) + log P1) / 2``, linear in ``b``, whose gradient survives at the
+    closed corner too (see :func:`selection_surrogate`; on the span task it reopens a collapsed
+    selector but, with the default damping and Adam, swings between all-open and all-closed).
+
+    ``lasso_measure``: what the transition constraint (``lasso``) bounds, see
+    :func:`lasso_measured`.  ``"per_selected"`` (default): expected transitions per expected
+    selected token, ``lasso = 2 / L`` asks for runs of ``L`` tokens on average (0.25: runs of 8).
+    ``"rate"``: the paper's transitions per token, which collapses the selection: its gradient
+    pushes every isolated open gate shut (closing everything is its easiest optimum), against
+    the selection constraint.  Span task (tests/rationale/synthetic.py ``span_examples``,
+    selection 0.2): with ``"rate"`` (lasso 0.05) the dev selection sat at 0.13 instead of 0.2 for
+    most of training and at 0.025 on the marker-in-a-phrase variant; ``"per_selected"`` reached
+    0.19 with one run per text.  With ``"per_selected"`` and ``selection_measure="decoded"`` the
+    multiplier tracks the decoded switches per decoded selected token.
+
+    ``lasso_priority``: the selection constraint has priority: while the selection's moving
+    average is more than ``lasso_priority`` below its target, the lasso penalty is switched off
+    (its multiplier still tracks).  None (default): always on.  It made no measurable difference on
+    the span task with ``"per_selected"``; it matters for ``"rate"``, which pushes the selection
+    down.
     """
 
     selection: Optional[float] = None
@@ -122,7 +144,7 @@ class ObjectiveConfig:
     lagrange_damping: float = 1.0
     selection_measure: str = "decoded"
     selection_gradient: str = "open"
-    lasso_measure: str = "rate"
+    lasso_measure: str = "per_selected"
     lasso_priority: Optional[float] = None
 
     def __post_init__(self):
