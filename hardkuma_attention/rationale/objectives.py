@@ -113,19 +113,17 @@ class ObjectiveConfig:
     ``lasso_measure``: what the transition constraint (``lasso``) bounds, see
     :func:`lasso_measured`.  ``"per_selected"`` (default): expected transitions per expected
     selected token, ``lasso = 2 / L`` asks for runs of ``L`` tokens on average (0.25: runs of 8).
-    ``"rate"``: the paper's transitions per token, which collapses the selection: its gradient
-    pushes every isolated open gate shut (closing everything is its easiest optimum), against
-    the selection constraint.  Span task (tests/rationale/synthetic.py ``span_examples``,
-    selection 0.2): with ``"rate"`` (lasso 0.05) the dev selection sat at 0.13 instead of 0.2 for
-    most of training and at 0.025 on the marker-in-a-phrase variant; ``"per_selected"`` reached
-    0.19 with one run per text.  With ``"per_selected"`` and ``selection_measure="decoded"`` the
-    multiplier tracks the decoded switches per decoded selected token.
+    ``"rate"``: the paper's transitions per token: its gradient pushes every isolated open gate
+    shut (closing everything is its easiest optimum), against the selection constraint.  The
+    default was chosen on the span task (tests/rationale/synthetic.py ``span_examples``; figures
+    from ``benchmarks/coherence_diagnostics.py`` in the README's "Coherent rationales").  With ``"per_selected"`` and ``selection_measure="decoded"``
+    the multiplier tracks the decoded switches per decoded selected token.
 
     ``lasso_priority``: the selection constraint has priority: while the selection's moving
     average is more than ``lasso_priority`` below its target, the lasso penalty is switched off
-    (its multiplier still tracks).  None (default): always on.  It made no measurable difference on
-    the span task with ``"per_selected"``; it matters for ``"rate"``, which pushes the selection
-    down.
+    (its multiplier still tracks).  None (default): always on.  On the span task with
+    ``"per_selected"`` it did not help (0.02: the selection after 6 epochs was no closer to its
+    target than without it), hence off by default.
     """
 
     selection: Optional[float] = None
@@ -211,9 +209,9 @@ def lasso_measured(dist: Union[HardKumaraswamy, torch.Tensor], mask: torch.Tenso
       ``(2 - 2 p_{t-1} - 2 p_{t+1}) / n``: in a mostly closed sequence every open gate is pushed
       shut, and "close everything" is its easiest optimum, against the selection constraint;
     - ``"per_selected"``: ``sum_i E[T_i] / sum_i sum_t p_t`` (batch-pooled), transitions per
-      selected token, ``= 2 k / S`` for ``k`` runs covering ``S`` tokens.  It is invariant to
-      scaling every ``p_t`` by the same factor, so it never rewards closing everything; it falls
-      only when runs merge or grow.  A target of ``2 / L`` asks for runs of ``L`` tokens on average.
+      selected token, ``= 2 k / S`` for ``k`` runs covering ``S`` tokens (hard gates).  An isolated
+      gate counts 2 whatever its ``p`` (``2p / p`` for closed neighbours), so closing gates does not
+      lower it; it falls when runs grow or merge.  A target of ``2 / L`` asks for runs of ``L`` tokens on average.
     """
     if kind == "per_selected":
         trans = expected_transitions(dist, mask, dim=-1, normalize=False).sum()

@@ -236,7 +236,7 @@ def load_pipeline(path) -> Pipeline:
     mcfg = ModelConfig(**state["model_config"])
     model = RationaleModel(mcfg)
     model.load_state_dict(state["model_state"])
-    objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
+    objective = RationaleObjective(ObjectiveConfig(**{"lasso_measure": "rate", **state["objective_config"]}), mcfg.gate, mcfg.task)  # older checkpoints: the paper's lasso
     objective.load_state_dict(state["objective_state"])
     model.eval(), objective.eval()
     return Pipeline(model, objective, Vocab.from_dict(state["vocab"]), LabelMap(state["labels"]), state["max_length"])

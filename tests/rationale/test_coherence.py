@@ -147,3 +147,18 @@ def test_coherence_constraint_selects_the_span_without_collapse(tmp_path):
     assert plain["transitions"] >= coherent["transitions"] + 0.03, (plain, coherent)
     assert coherent["iou_at_least_half"] >= 0.75, coherent
     assert coherent["iou_f1"] > plain["iou_f1"] + 0.1, (plain, coherent)
+
+
+def test_checkpoint_without_lasso_measure_loads_with_the_papers_rate(tmp_path):
+    examples = span_examples(4, seed=0)
+    vocab = build_vocab(ex.tokens for ex in examples)
+    cfg = ModelConfig(vocab_size=len(vocab), embed_dim=4, hidden_size=4, num_outputs=2)
+    pipe = Pipeline(RationaleModel(cfg), RationaleObjective(ObjectiveConfig(selection=0.2, lasso=0.1), "hardkuma"),
+                    vocab, LabelMap.from_examples(examples, "classification"))
+    state = pipe.state()
+    assert state["objective_config"]["lasso_measure"] == "per_selected"
+    del state["objective_config"]["lasso_measure"]  # as written before the option existed
+    torch.save(state, tmp_path / "old.pt")
+    assert load_pipeline(tmp_path / "old.pt").objective.config.lasso_measure == "rate"
+    pipe.save(tmp_path / "new.pt")
+    assert load_pipeline(tmp_path / "new.pt").objective.config.lasso_measure == "per_selected"
