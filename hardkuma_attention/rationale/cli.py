@@ -36,7 +36,7 @@ _HELP = {
     "gate": "hardkuma | bernoulli (REINFORCE) | none (full-text baseline)",
     "selector": "independent | dependent (autoregressive over z; HardKuma only)",
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
-    "lasso": "HardKuma: Lagrangian target for the expected transition rate (fused lasso)",
+    "lasso": "HardKuma: Lagrangian upper bound on transitions (fused lasso), per selected token by default (2/L: runs of L tokens; --lasso-measure rate: per token, the paper)",
     "equality": "treat the Lagrangian constraints as equalities (drive to the target from both sides)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
                           "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",

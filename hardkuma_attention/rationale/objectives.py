@@ -4,7 +4,9 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
 
     task      = CE(logits, y)                     (regression: MSE(sigmoid output, y))
     L0        = mean_i  mean_{t in m_i} (1 - P(z_it = 0))         core ``functional.expected_l0``
-    trans     = mean_i  sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ... / |m_i|   core ``expected_transitions``
+    T_i       = sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ...                   core ``expected_transitions``
+    trans     = sum_i T_i / sum_i sum_{t in m_i} (1 - P(z_it = 0))   (lasso_measure="per_selected")
+              = mean_i T_i / |m_i|                                    (lasso_measure="rate", the paper)
     loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
                 (task only during the first ``constraint_warmup`` updates; with
                 ``selection_anneal`` the target falls linearly from 1 to ``selection``)
@@ -33,17 +35,31 @@ expected/measured selection rate, multipliers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..constraints import LagrangianConstraint
+from ..distributions import HardKumaraswamy
 from ..functional import expected_l0, expected_transitions, masked_mean
 from .models import RationaleOutput
 
-__all__ = ["ObjectiveConfig", "RationaleObjective", "task_loss", "selection_rate", "transition_rate"]
+__all__ = [
+    "ObjectiveConfig",
+    "RationaleObjective",
+    "task_loss",
+    "selection_rate",
+    "transition_rate",
+    "selection_surrogate",
+    "lasso_measured",
+    "SELECTION_GRADIENTS",
+    "LASSO_MEASURES",
+]
+
+SELECTION_GRADIENTS = ("l0", "open", "log_open")
+LASSO_MEASURES = ("rate", "per_selected")
 
 
 @dataclass
@@ -90,6 +106,24 @@ class ObjectiveConfig:
     which rises with the gate as well but whose gradient does not vanish when every gate is
     confidently open (there ``P(z=0)`` is ~1e-12 and flat, while ``P(z=1)`` still moves); only
     with ``selection_measure="decoded"``, since the multiplier must track the selection itself.
+    ``"log_open"``: ``(log(1 - P0) + log P1) / 2``, linear in ``b``, whose gradient survives at the
+    closed corner too (see :func:`selection_surrogate`; on the span task it reopens a collapsed
+    selector but, with the default damping and Adam, swings between all-open and all-closed).
+
+    ``lasso_measure``: what the transition constraint (``lasso``) bounds, see
+    :func:`lasso_measured`.  ``"per_selected"`` (default): expected transitions per expected
+    selected token, ``lasso = 2 / L`` asks for runs of ``L`` tokens on average (0.25: runs of 8).
+    ``"rate"``: the paper's transitions per token: its gradient pushes every isolated open gate
+    shut (closing everything is its easiest optimum), against the selection constraint.  The
+    default was chosen on the span task (tests/rationale/synthetic.py ``span_examples``; figures
+    from ``benchmarks/coherence_diagnostics.py`` in the README's "Coherent rationales").  With ``"per_selected"`` and ``selection_measure="decoded"``
+    the multiplier tracks the decoded switches per decoded selected token.
+
+    ``lasso_priority``: the selection constraint has priority: while the selection's moving
+    average is more than ``lasso_priority`` below its target, the lasso penalty is switched off
+    (its multiplier still tracks).  None (default): always on.  On the span task with
+    ``"per_selected"`` it did not help (0.02: the selection after 6 epochs was no closer to its
+    target than without it), hence off by default.
     """
 
     selection: Optional[float] = None
@@ -108,18 +142,24 @@ class ObjectiveConfig:
     lagrange_damping: float = 1.0
     selection_measure: str = "decoded"
     selection_gradient: str = "open"
+    lasso_measure: str = "per_selected"
+    lasso_priority: Optional[float] = None
 
     def __post_init__(self):
         if self.selection_measure not in ("expected", "decoded"):
             raise ValueError(
                 f"selection_measure (--selection-measure) must be 'expected' or 'decoded', got {self.selection_measure!r}"
             )
-        if self.selection_gradient not in ("l0", "open"):
-            raise ValueError(
-                f"selection_gradient (--selection-gradient) must be 'l0' or 'open', got {self.selection_gradient!r}"
-            )
-        if self.selection_gradient == "open" and self.selection_measure != "decoded":
-            raise ValueError("--selection-gradient open (the default) needs --selection-measure decoded: the "
+        if self.selection_gradient not in SELECTION_GRADIENTS:
+            raise ValueError(f"selection_gradient (--selection-gradient) must be one of {SELECTION_GRADIENTS}, "
+                             f"got {self.selection_gradient!r}")
+        if self.lasso_measure not in LASSO_MEASURES:
+            raise ValueError(f"lasso_measure (--lasso-measure) must be one of {LASSO_MEASURES}, "
+                             f"got {self.lasso_measure!r}")
+        if self.lasso_priority is not None and self.lasso_priority < 0:
+            raise ValueError(f"lasso_priority (--lasso-priority) must be >= 0, got {self.lasso_priority}")
+        if self.selection_gradient != "l0" and self.selection_measure != "decoded":
+            raise ValueError(f"--selection-gradient {self.selection_gradient} needs --selection-measure decoded: the "
                              "multiplier must track the selection itself, not the surrogate; with "
                              "--selection-measure expected add --selection-gradient l0")
         if self.lagrange_damping < 0:
@@ -136,6 +176,58 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction:
 def selection_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sequence fraction of valid tokens with ``z != 0``: ``(B,)`` (no gradient)."""
     return masked_mean((z.detach() != 0).to(torch.float32), mask, dim=-1)
+
+
+def selection_surrogate(dist, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    r"""The scalar whose gradient the selection multiplier pushes (``ObjectiveConfig.selection_gradient``).
+
+    With ``P0 = 1 - (1 - k0^a)^b`` and ``P1 = (1 - k1^a)^b`` (``k0 < 0 < 1 < k1`` the stretched support
+    mapped to the Kumaraswamy scale), means over the valid tokens and then the batch:
+
+    - ``"l0"``: ``mean (1 - P0)``, the expected L0;
+    - ``"open"``: ``mean (1 - P0 + P1) / 2``: its gradient survives at the open corner (``P1`` moves),
+      not at the closed one (there ``1 - P0`` and ``P1`` are both ~1e-7 and flat);
+    - ``"log_open"``: ``mean (log(1 - P0) + log P1) / 2 = mean b (log(1 - k0^a) + log(1 - k1^a)) / 2``,
+      linear in ``b``: its gradient does not vanish at either corner, so a collapsed selector (every
+      gate at exactly 0) is pushed open again as soon as the multiplier asks for more selection.
+    """
+    if kind == "log_open":
+        return 0.5 * masked_mean(dist.log_survival_k0() + dist.log_prob_one(), mask, dim=-1).mean()
+    l0 = expected_l0(dist, mask, dim=-1).mean()
+    if kind == "open":
+        return 0.5 * (l0 + masked_mean(dist.prob_one(), mask, dim=-1).mean())
+    return l0
+
+
+def lasso_measured(dist: Union[HardKumaraswamy, torch.Tensor], mask: torch.Tensor, kind: str) -> torch.Tensor:
+    r"""The expected transition quantity the lasso constraint bounds (``ObjectiveConfig.lasso_measure``).
+
+    With ``p_t = 1 - P0_t`` and ``E[T_i] = sum_t p_t (1 - p_{t+1}) + (1 - p_t) p_{t+1}`` (pairs of
+    valid tokens, core :func:`~hardkuma_attention.functional.expected_transitions`):
+
+    - ``"rate"`` (the paper): ``mean_i E[T_i] / n_i``.  Its gradient with respect to ``p_t`` is
+      ``(2 - 2 p_{t-1} - 2 p_{t+1}) / n``: in a mostly closed sequence every open gate is pushed
+      shut, and "close everything" is its easiest optimum, against the selection constraint;
+    - ``"per_selected"``: ``sum_i E[T_i] / sum_i sum_t p_t`` (batch-pooled), transitions per
+      selected token, ``= 2 k / S`` for ``k`` runs covering ``S`` tokens (hard gates).  An isolated
+      gate counts 2 whatever its ``p`` (``2p / p`` for closed neighbours), so closing gates does not
+      lower it; it falls when runs grow or merge.  A target of ``2 / L`` asks for runs of ``L`` tokens on average.
+    """
+    if kind == "per_selected":
+        trans = expected_transitions(dist, mask, dim=-1, normalize=False).sum()
+        p0 = dist.prob_zero() if isinstance(dist, HardKumaraswamy) else dist
+        selected = ((1 - p0) * mask.to(trans.dtype)).sum()
+        return trans / selected.clamp_min(1e-6)
+    return expected_transitions(dist, mask, dim=-1, normalize=True)
+
+
+def decoded_lasso(z: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """The decoded counterpart of :func:`lasso_measured` for hard gates ``z`` (no gradient)."""
+    if kind == "per_selected":
+        n = mask.sum(-1).to(torch.float32)
+        switches = (transition_rate(z, mask) * n).sum()
+        return switches / (selection_rate(z, mask) * n).sum().clamp_min(1.0)
+    return transition_rate(z, mask).mean()
 
 
 def transition_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -173,6 +265,25 @@ class RationaleObjective(nn.Module):
         self.register_buffer("baseline_updates", torch.tensor(0, dtype=torch.long))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
 
+    def _lasso_penalty(self, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
+        """The lasso constraint's penalty; zero (the multiplier still tracks) while ``lasso_priority``
+        is set and the selection's moving average is more than ``lasso_priority`` below its target."""
+        c = self.config
+        trans = lasso_measured(out.dist, out.mask, c.lasso_measure)
+        observed = None  # "rate": the expected rate itself, as before
+        if c.lasso_measure != "rate" and c.selection_measure == "decoded":
+            with torch.no_grad():
+                observed = decoded_lasso(out.dist.deterministic(), out.mask, c.lasso_measure)
+        penalty = self.lasso_constraint(trans, observed)
+        stats["expected_transitions"] = float(trans.detach())
+        stats["lambda_lasso"] = self.lasso_constraint.multiplier
+        if c.lasso_priority is not None and self.selection_constraint is not None:
+            below = float(self.selection_constraint.moving_average) < -c.lasso_priority
+            stats["lasso_active"] = 0.0 if below else 1.0
+            if below:
+                penalty = penalty * 0.0
+        return penalty
+
     def forward(self, out: RationaleOutput, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
         mask = out.mask
         per_example = task_loss(out.logits, targets, self.task, reduction="none")
@@ -197,16 +308,11 @@ class RationaleObjective(nn.Module):
                     with torch.no_grad():
                         observed = selection_rate(out.dist.deterministic(), mask).mean()
                     stats["decoded_selected"] = float(observed)
-                pushed = l0
-                if self.config.selection_gradient == "open":
-                    pushed = 0.5 * (l0 + masked_mean(out.dist.prob_one(), mask, dim=-1).mean())
+                pushed = selection_surrogate(out.dist, mask, self.config.selection_gradient)
                 loss = loss + self.selection_constraint(pushed, observed)
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
-                trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)
-                loss = loss + self.lasso_constraint(trans)
-                stats["expected_transitions"] = float(trans.detach())
-                stats["lambda_lasso"] = self.lasso_constraint.multiplier
+                loss = loss + self._lasso_penalty(out, stats)
         elif self.gate == "bernoulli" and out.log_prob_z is not None:
             c = self.config
             cost = (

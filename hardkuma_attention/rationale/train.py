@@ -265,7 +265,9 @@ def load_pipeline(path) -> Pipeline:
         mcfg = ModelConfig(**state["model_config"])
         model = RationaleModel(mcfg)
         model.load_state_dict(state["model_state"])
-        objective = RationaleObjective(ObjectiveConfig(**state["objective_config"]), mcfg.gate, mcfg.task)
+        # older checkpoints (no lasso_measure): the paper's lasso
+        ocfg = ObjectiveConfig(**{"lasso_measure": "rate", **state["objective_config"]})
+        objective = RationaleObjective(ocfg, mcfg.gate, mcfg.task)
         objective.load_state_dict(state["objective_state"])
         vocab, labels = Vocab.from_dict(state["vocab"]), LabelMap(state["labels"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

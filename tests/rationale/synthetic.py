@@ -19,3 +19,24 @@ def marker_examples(n, seed, length=10, fillers=30):
         tokens[pos] = "good" if label else "bad"
         out.append(Example(tokens, label, id=f"syn{i}", rationale=[j == pos for j in range(length)]))
     return out
+
+
+def span_examples(n, seed, length=40, span=5, fillers=30):
+    """A contiguous-evidence task: a phrase of ``span`` sentiment words at a random position of a
+    ``length``-token text of fillers.  Each phrase word is ``good`` or ``bad`` at random; the label
+    is the majority of the phrase (1 = more ``good``), so the classifier needs all of it; the human rationale is the whole phrase.  A model asked to select
+    more than the phrase (e.g. ``8 / 40``) can add scattered filler tokens (several runs) or, pushed
+    towards one contiguous run, extend the phrase (one run, IOU ``span / selected`` with it)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(fillers)]
+    out = []
+    for i in range(n):
+        tokens = [rng.choice(words) for _ in range(length)]
+        start = rng.randrange(length - span + 1)
+        votes = [rng.random() < 0.5 for _ in range(span)]
+        for j, v in enumerate(votes):
+            tokens[start + j] = "good" if v else "bad"
+        label = int(2 * sum(votes) > span)
+        rationale = [start <= j < start + span for j in range(length)]
+        out.append(Example(tokens, label, id=f"span{i}", rationale=rationale))
+    return out
