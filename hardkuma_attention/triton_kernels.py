@@ -932,10 +932,11 @@ def scaled_dot_product_hardkuma_triton(
     block_q: Optional[int] = None,
     block_k: Optional[int] = None,
     kernel: Optional[KernelConfig] = None,
+    backend: str = "triton",
 ) -> Tuple[torch.Tensor, None, Optional[AttentionStats]]:
     r""":func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` on the Triton kernels:
     the same arguments and results (the CPU path's ``compile``, ``kernels``, ``block_q`` and
-    ``block_k`` are accepted and ignored, so a caller can pass its arguments on unchanged;
+    ``block_k``, and ``backend``, are accepted and ignored, so a caller can pass its arguments on unchanged;
     ``kernel`` sets the launch parameters), the same seed drawn from ``generator`` in training
     and so the same gates as the CPU path up to float rounding.  ``need_weights=True`` and float64 raise ``ValueError``
     (:func:`unsupported_reason`): the caller uses the reference path for those.
