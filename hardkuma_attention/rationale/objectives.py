@@ -200,11 +200,13 @@ class RationaleObjective(nn.Module):
                 pushed = l0
                 if self.config.selection_gradient == "open":
                     pushed = 0.5 * (l0 + masked_mean(out.dist.prob_one(), mask, dim=-1).mean())
-                loss = loss + self.selection_constraint(pushed, observed)
+                # count: the rate is a mean over the batch's sequences; under torch.distributed the
+                # constraint all-reduces (count * rate, count), i.e. the mean over the global batch.
+                loss = loss + self.selection_constraint(pushed, observed, count=float(mask.size(0)))
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
                 trans = expected_transitions(out.dist, mask, dim=-1, normalize=True)
-                loss = loss + self.lasso_constraint(trans)
+                loss = loss + self.lasso_constraint(trans, count=float(mask.size(0)))
                 stats["expected_transitions"] = float(trans.detach())
                 stats["lambda_lasso"] = self.lasso_constraint.multiplier
         elif self.gate == "bernoulli" and out.log_prob_z is not None:
