@@ -555,10 +555,11 @@ def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _
                 break
             if prog.step % eval_every == 0:
                 m = run_eval()
-                bar.write(
-                    f"step {prog.step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
-                    f"selected {m['selected']:.3f}{' *' if m['is_best'] else ''}"
-                )
+                if ctx.is_writer:  # one log line per evaluation, not one per rank
+                    bar.write(
+                        f"step {prog.step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
+                        f"selected {m['selected']:.3f}{' *' if m['is_best'] else ''}"
+                    )
             if ctx.any_rank(sigterm.requested):
                 bar.close()
                 save_last()

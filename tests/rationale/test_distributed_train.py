@@ -2,13 +2,15 @@
 
 One tiny 2-rank run (the synthetic marker data of ``synthetic.py`` as jsonl): both ranks end with
 the same multiplier and moving average (and it moved), the same parameters, exactly one set of
-outputs (rank 0's), whose checkpoints hold that same state; ``--resume`` under torchrun loads it on
-both ranks.  Each rank's final state comes from the ``HARDKUMA_RATIONALE_RANK_DUMP`` diagnostic
+outputs (rank 0's), whose checkpoints hold that same state; a second run stopped by SIGTERM and
+continued with ``--resume`` under torchrun ends bit-identical to the uninterrupted one on both ranks.  Each rank's final state comes from the ``HARDKUMA_RATIONALE_RANK_DUMP`` diagnostic
 (:func:`hardkuma_attention.rationale.distributed.dump_rank_state`)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,34 +32,51 @@ def _write(path, examples):
     return path
 
 
-def _torchrun(tmp, out, dump, *extra):
-    train = _write(tmp / "train.jsonl", marker_examples(120, seed=0))
-    dev = _write(tmp / "dev.jsonl", marker_examples(30, seed=1))
+EPOCHS, STEPS = 8, 48  # 120 examples / batch 10 = 12 batches a epoch, 6 per rank: 48 updates
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    return tmp, _write(tmp / "train.jsonl", marker_examples(120, seed=0)), _write(tmp / "dev.jsonl", marker_examples(30, seed=1))
+
+
+def _start(data, out, dump, *extra):
+    tmp, train, dev = data
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", **{DUMP_ENV: str(dump)})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hardkuma_attention.rationale", "train", "--format", "jsonl", "--train", str(train),
-           "--dev", str(dev), "--test", str(dev), "--hidden-size", "8", "--epochs", "3", "--batch-size", "10",
-           "--eval-every", "4", "--selection", "0.3", "--lagrange-lr", "0.05", "--html-examples", "2",
-           "--no-progress", "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+           "--dev", str(dev), "--test", str(dev), "--hidden-size", "8", "--epochs", str(EPOCHS), "--batch-size", "10",
+           "--eval-every", "4", "--selection", "0.3", "--lagrange-lr", "0.05", "--dropout", "0.2",
+           "--html-examples", "2", "--no-progress", "--out", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(proc, dump):
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _history(out):
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "minutes"} for r in rows]
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    out = tmp / "out"
-    return tmp, out, _torchrun(tmp, out, tmp / "dump")
+def run(data):
+    out = data[0] / "straight"
+    stdout, ranks = _finish(_start(data, out, data[0] / "dump"), data[0] / "dump")
+    return out, stdout, ranks
 
 
 def test_two_ranks_share_lambda_and_parameters(run):
-    _, out, (r0, r1) = run
+    out, _, (r0, r1) = run
     lam = r0["objective_state"]["selection_constraint.lagrange_multiplier"]
     assert float(lam) != 0.0  # the multiplier moved (lambda_init = 0 for the equality constraint)
     assert _same(r0["objective_state"], r1["objective_state"])
@@ -65,29 +84,45 @@ def test_two_ranks_share_lambda_and_parameters(run):
     last = torch.load(out / "checkpoint_last.pt", weights_only=True)
     assert _same(last["objective_state"], r0["objective_state"]) and _same(last["model_state"], r0["model_state"])
     assert len(last["torch_rng_by_rank"]) == 2 and not torch.equal(*last["torch_rng_by_rank"])
-    # 120 examples / 10 = 12 batches, 6 per rank and epoch: 18 updates, one constraint step each.
-    assert last["progress"]["step"] == 18
-    assert int(last["objective_state"]["selection_constraint.num_updates"]) == 18
+    assert last["progress"]["step"] == STEPS  # disjoint shards: each rank half the batches of an epoch
+    assert int(last["objective_state"]["selection_constraint.num_updates"]) == STEPS
+    assert last["settings"]["world_size"] == 2
 
 
 def test_one_set_of_outputs(run):
-    _, out, _ = run
+    out, stdout, _ = run
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoint_last.pt", "history.jsonl", "model.pt", "predictions.dev.jsonl",
                      "predictions.test.jsonl", "rationales.dev.html", "rationales.test.html", "results.json"]
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [4, 8, 12, 16]  # one line per evaluation, not one per rank
+    assert [h["step"] for h in _history(out)] == list(range(4, STEPS + 1, 4))  # one line per evaluation
+    assert stdout.count("step 4 dev") == 1 and stdout.count("straight: accuracy=") == 1  # rank 0 only
     results = json.loads((out / "results.json").read_text())
-    assert results["training"]["steps"] == 18 and results["data"]["n_train"] == 120
+    assert results["training"]["steps"] == STEPS and results["data"]["n_train"] == 120
 
 
-def test_resume_under_torchrun_loads_the_same_state(run):
-    tmp, out, (r0, _) = run
-    before = (out / "results.json").read_text()
-    s0, s1 = _torchrun(tmp, out, tmp / "dump_resume", "--resume")
-    assert _same(s0["objective_state"], r0["objective_state"]) and _same(s1["objective_state"], r0["objective_state"])
-    assert _same(s1["model_state"], r0["model_state"])
-    assert json.loads((out / "results.json").read_text())["dev"] == json.loads(before)["dev"]
+def test_sigterm_then_resume_under_torchrun_is_bit_identical(data, run):
+    straight, _, (r0, _) = run
+    out, dump = data[0] / "resumed", data[0] / "dump_resumed"
+    proc = _start(data, out, dump)
+    history, deadline = out / "history.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stopped = torch.load(out / "checkpoint_last.pt", weights_only=True)["progress"]
+    assert not stopped["finished"] and stopped["step"] < STEPS
+    _, (s0, s1) = _finish(_start(data, out, dump, "--resume"), dump)
+    for s in (s0, s1):  # both ranks continued from the checkpoint to the uninterrupted run's state
+        assert _same(s["objective_state"], r0["objective_state"]) and _same(s["model_state"], r0["model_state"])
+    ma = torch.load(straight / "model.pt", weights_only=True)["model_state"]
+    mb = torch.load(out / "model.pt", weights_only=True)["model_state"]
+    assert _same(ma, mb) and _history(straight) == _history(out)
+    ra, rb = (json.loads((o / "results.json").read_text()) for o in (straight, out))
+    assert ra["dev"] == rb["dev"] and ra["final_multipliers"] == rb["final_multipliers"]
 
 
 @pytest.mark.parametrize("env, flag", [({"WORLD_SIZE": "2"}, "RANK"), ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "MASTER_ADDR"),
