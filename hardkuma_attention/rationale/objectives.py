@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -146,6 +147,17 @@ def transition_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return switches / mask.sum(-1).clamp_min(1).to(torch.float32)
 
 
+def pooled_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean()``; when ``torch.distributed`` is initialised with several ranks, the mean over
+    every rank's ``x``: ``sum_r sum(x_r) / sum_r numel(x_r)`` (one ``all_reduce``; every rank must
+    call it, a rank with an empty ``x`` contributes zeros)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.mean()
+    sums = torch.stack([x.detach().float().sum(), torch.tensor(float(x.numel()), device=x.device)])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return (sums[0] / sums[1].clamp_min(1.0)).to(x.dtype)
+
+
 class RationaleObjective(nn.Module):
     """Loss for a :class:`~hardkuma_attention.rationale.models.RationaleModel` output.
 
@@ -218,11 +230,12 @@ class RationaleObjective(nn.Module):
             )
             if self.training:
                 with torch.no_grad():
+                    mean_cost = pooled_mean(cost)  # the same on every rank under torch.distributed
                     if int(self.baseline_updates) == 0:
-                        self.reinforce_baseline.copy_(cost.mean())
+                        self.reinforce_baseline.copy_(mean_cost)
                     else:
                         d = c.baseline_decay
-                        self.reinforce_baseline.mul_(d).add_((1 - d) * cost.mean())
+                        self.reinforce_baseline.mul_(d).add_((1 - d) * mean_cost)
                     self.baseline_updates.add_(1)
             advantage = cost - self.reinforce_baseline
             loss = loss + (advantage * out.log_prob_z).mean()

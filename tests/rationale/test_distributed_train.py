@@ -5,8 +5,10 @@ the same multiplier and moving average (and it moved), the same parameters, exac
 outputs (rank 0's), whose checkpoints hold that same state; a second run stopped by SIGTERM and
 continued with ``--resume`` under torchrun ends bit-identical to the uninterrupted one on both ranks.  Each rank's final state comes from the ``HARDKUMA_RATIONALE_RANK_DUMP`` diagnostic
 (:func:`hardkuma_attention.rationale.distributed.dump_rank_state`)."""
+import datetime
 import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -15,9 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from hardkuma_attention.rationale.cli import main
 from hardkuma_attention.rationale.distributed import DUMP_ENV, LaunchError, launch_env
+from hardkuma_attention.rationale.objectives import pooled_mean
 
 from synthetic import marker_examples
 
@@ -146,3 +151,29 @@ def test_broken_launch_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
 
 def test_no_torchrun_is_one_process():
     assert launch_env({}) is None and launch_env({"PATH": "/bin"}) is None
+
+
+_POOLED = [torch.tensor([0.5, 2.0, 4.0]), torch.tensor([1.0]), torch.tensor([])]  # rank 0, rank 1 (twice)
+
+
+def _pooled_worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        mine = [_POOLED[0], _POOLED[0]] if rank == 0 else [_POOLED[1], _POOLED[2]]  # rank 1 empty at call 2
+        torch.save(torch.stack([pooled_mean(x) for x in mine]), f"{out_dir}/pooled{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pooled_mean_is_the_mean_over_all_ranks(tmp_path):
+    """The Bernoulli REINFORCE baseline's batch mean (``pooled_mean``): the same value on both
+    ranks, the mean over the union of their values; an empty rank adds nothing."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_pooled_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"pooled{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0, r1)
+    assert torch.allclose(r0, torch.tensor([7.5 / 4, 6.5 / 3]))
+    assert torch.equal(pooled_mean(_POOLED[0]), _POOLED[0].mean())  # one process: x.mean() itself
