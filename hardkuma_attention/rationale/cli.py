@@ -15,6 +15,8 @@ line), ``checkpoint_last.pt`` (the whole training state after each dev evaluatio
 continues an interrupted run bit-identically), then ``predictions.<split>.jsonl``,
 ``rationales.<split>.html`` and, last, ``results.json`` (configs, best dev and test metrics,
 timing).  A non-empty ``--out`` is refused unless ``--resume`` or ``--overwrite`` is given.
+Under ``torchrun --nproc_per_node N -m hardkuma_attention.rationale train ...`` it trains
+data-parallel (:mod:`.distributed`; rank 0 writes the outputs).
 Errors (bad flags, data, embeddings, model files) are one line, ``file:line: message`` or
 ``--flag: message``, exit code 2, before any work (``--debug`` shows the traceback).  Model / objective / training options are generated from the
 fields of :class:`~.models.ModelConfig`, :class:`~.objectives.ObjectiveConfig` and

@@ -2,8 +2,9 @@ r"""Data-parallel training of the rationale trainer under ``torchrun`` (issue #1
 
 ``torchrun --nproc_per_node N -m hardkuma_attention.rationale train ...`` runs ``N`` copies of the
 trainer; :func:`from_environment` sees torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and
-returns a :class:`DistributedContext` (process group initialised explicitly: ``gloo`` on CPU,
-``nccl`` with CUDA); without them it returns :class:`LocalContext`, whose hooks do nothing, so a
+returns a :class:`DistributedContext` (process group initialised explicitly with ``gloo``: the
+rationale trainer runs on the CPU, so there is no ``nccl`` path here — fairseq's launcher covers
+GPUs); without them it returns :class:`LocalContext`, whose hooks do nothing, so a
 plain ``python -m hardkuma_attention.rationale train`` runs exactly as before.
 
 What the context does for :func:`~.train.train`:
@@ -127,19 +128,13 @@ class DistributedContext(LocalContext):
 
         self.rank, self.world_size, self.local_rank = env.rank, env.world_size, env.local_rank
         self.is_writer = env.rank == 0
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.set_device(env.local_rank)
-        self.backend = "nccl" if self.cuda else "gloo"
-        dist.init_process_group(self.backend, init_method="env://", rank=env.rank, world_size=env.world_size)
-        # Control messages (flags, decisions, RNG states) go over gloo, also beside nccl.
-        self.cpu_group = dist.new_group(backend="gloo") if self.cuda else None
+        # The trainer's models and batches live on the CPU (see train.py), hence gloo.
+        dist.init_process_group("gloo", init_method="env://", rank=env.rank, world_size=env.world_size)
 
     def wrap(self, model):
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.local_rank] if self.cuda else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model)
 
     def steps_per_epoch(self, num_batches: int) -> int:
         return num_batches // self.world_size
@@ -155,21 +150,21 @@ class DistributedContext(LocalContext):
         import torch.distributed as dist
 
         value = torch.tensor([float(flag)])
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value[0])
 
     def from_writer(self, obj):
         import torch.distributed as dist
 
         box = [obj if self.is_writer else None]
-        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+        dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def rng_states(self) -> List[torch.Tensor]:
         import torch.distributed as dist
 
         states: List[Optional[torch.Tensor]] = [None] * self.world_size
-        dist.all_gather_object(states, torch.get_rng_state(), group=self.cpu_group)
+        dist.all_gather_object(states, torch.get_rng_state())
         return states  # type: ignore[return-value]
 
     def run_identity(self) -> dict:
