@@ -15,6 +15,8 @@ line), ``checkpoint_last.pt`` (the whole training state after each dev evaluatio
 continues an interrupted run bit-identically), then ``predictions.<split>.jsonl``,
 ``rationales.<split>.html`` and, last, ``results.json`` (configs, best dev and test metrics,
 timing).  A non-empty ``--out`` is refused unless ``--resume`` or ``--overwrite`` is given.
+Under ``torchrun --nproc_per_node N -m hardkuma_attention.rationale train ...`` it trains
+data-parallel (:mod:`.distributed`; rank 0 writes the outputs).
 Errors (bad flags, data, embeddings, model files) are one line, ``file:line: message`` or
 ``--flag: message``, exit code 2, before any work (``--debug`` shows the traceback).  Model / objective / training options are generated from the
 fields of :class:`~.models.ModelConfig`, :class:`~.objectives.ObjectiveConfig` and
@@ -328,8 +330,20 @@ _NOT_IDENTITY = {"resume", "overwrite", "debug", "progress", "threads", "html_ex
 
 
 def cmd_train(args) -> int:
+    """``train``; under torchrun (``RANK`` / ``WORLD_SIZE`` set) data-parallel, see :mod:`.distributed`."""
+    from .distributed import from_environment
+
+    ctx = from_environment()  # LaunchError (exit 2) for a broken torchrun environment
+    try:
+        return _cmd_train(args, ctx)
+    finally:
+        ctx.close()
+
+
+def _cmd_train(args, ctx) -> int:
     import torch
 
+    from .distributed import dump_rank_state, on_writer
     from .embeddings import build_vocab, load_embedding_matrix, read_glove
     from .models import ModelConfig, RationaleModel
     from .objectives import ObjectiveConfig, RationaleObjective
@@ -337,7 +351,9 @@ def cmd_train(args) -> int:
 
     t0 = time.time()
     out_dir = Path(args.out)
-    prepare_out(out_dir, args.resume, args.overwrite)
+    on_writer(ctx, lambda: prepare_out(out_dir, args.resume, args.overwrite), (UsageError,))
+    if ctx.distributed and args.rrr:
+        raise UsageError("--rrr: not supported under torchrun (its double backward does not run through DDP)")
     if not args.dev and not args.holdout:
         raise UsageError("--dev: give a dev file, or --holdout N")
     train_ex = _read(args, args.train)
@@ -351,6 +367,9 @@ def cmd_train(args) -> int:
     else:
         raise UsageError(f"--holdout: must be smaller than the {len(train_ex)} training examples, got {args.holdout}")
     test_ex = _read(args, args.test) if args.test else None
+    if ctx.distributed and -(-len(train_ex) // args.batch_size) < ctx.world_size:
+        raise UsageError(f"--batch-size: {len(train_ex)} training examples make fewer batches than the "
+                         f"{ctx.world_size} processes (WORLD_SIZE): use a smaller --batch-size")
     task = "regression" if (args.regression or args.format.startswith("beer")) else "classification"
     labels = check_labels(task, args.train, train_ex,
                           [(args.dev or args.train, dev_ex)] + ([(args.test, test_ex)] if test_ex else []))
@@ -386,15 +405,19 @@ def cmd_train(args) -> int:
         # 2-3x slower on Movies; flush them to zero during training only (process-wide setting,
         # restored to torch's default afterwards so callers in the same process are unaffected).
         torch.set_flush_denormal(True)
-    run = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY}
+    run = {**{k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY}, **ctx.run_identity()}
     try:
-        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss, resume=args.resume, run=run)
+        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss, resume=args.resume, run=run,
+                        ctx=ctx)
     except TrainingInterrupted as err:
         print(f"hardkuma-rationale train: {err}; continue with the same command and --resume", file=sys.stderr)
         return 143
     finally:
         if extra_loss is not None:
             torch.set_flush_denormal(False)
+    dump_rank_state(ctx, model, objective)
+    if not ctx.is_writer:
+        return 0  # rank 0 writes the outputs
 
     from .train import load_pipeline
 
@@ -506,11 +529,12 @@ def run_command(prog: str, command, args) -> int:
     stderr and exit code 2, no traceback (``--debug``: the traceback)."""
     from .data import DataFormatError
     from .extras import MissingExtra
+    from .distributed import LaunchError
     from .train import ModelFileError
 
     try:
         return command(args)
-    except (DataFormatError, FileNotFoundError, MissingExtra, ModelFileError, UsageError) as err:
+    except (DataFormatError, FileNotFoundError, LaunchError, MissingExtra, ModelFileError, UsageError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -238,6 +239,17 @@ def transition_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return switches / mask.sum(-1).clamp_min(1).to(torch.float32)
 
 
+def pooled_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean()``; when ``torch.distributed`` is initialised with several ranks, the mean over
+    every rank's ``x``: ``sum_r sum(x_r) / sum_r numel(x_r)`` (one ``all_reduce``; every rank must
+    call it, a rank with an empty ``x`` contributes zeros)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x.mean()
+    sums = torch.stack([x.detach().float().sum(), torch.tensor(float(x.numel()), device=x.device)])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return (sums[0] / sums[1].clamp_min(1.0)).to(x.dtype)
+
+
 class RationaleObjective(nn.Module):
     """Loss for a :class:`~hardkuma_attention.rationale.models.RationaleModel` output.
 
@@ -274,7 +286,7 @@ class RationaleObjective(nn.Module):
         if c.lasso_measure != "rate" and c.selection_measure == "decoded":
             with torch.no_grad():
                 observed = decoded_lasso(out.dist.deterministic(), out.mask, c.lasso_measure)
-        penalty = self.lasso_constraint(trans, observed)
+        penalty = self.lasso_constraint(trans, observed, count=float(out.mask.size(0)))  # see the selection
         stats["expected_transitions"] = float(trans.detach())
         stats["lambda_lasso"] = self.lasso_constraint.multiplier
         if c.lasso_priority is not None and self.selection_constraint is not None:
@@ -309,7 +321,9 @@ class RationaleObjective(nn.Module):
                         observed = selection_rate(out.dist.deterministic(), mask).mean()
                     stats["decoded_selected"] = float(observed)
                 pushed = selection_surrogate(out.dist, mask, self.config.selection_gradient)
-                loss = loss + self.selection_constraint(pushed, observed)
+                # count: the rate is a mean over the batch's sequences; under torch.distributed the
+                # constraint all-reduces (count * rate, count), i.e. the mean over the global batch.
+                loss = loss + self.selection_constraint(pushed, observed, count=float(mask.size(0)))
                 stats["lambda_selection"] = self.selection_constraint.multiplier
             if self.lasso_constraint is not None and warm:
                 loss = loss + self._lasso_penalty(out, stats)
@@ -322,11 +336,12 @@ class RationaleObjective(nn.Module):
             )
             if self.training:
                 with torch.no_grad():
+                    mean_cost = pooled_mean(cost)  # the same on every rank under torch.distributed
                     if int(self.baseline_updates) == 0:
-                        self.reinforce_baseline.copy_(cost.mean())
+                        self.reinforce_baseline.copy_(mean_cost)
                     else:
                         d = c.baseline_decay
-                        self.reinforce_baseline.mul_(d).add_((1 - d) * cost.mean())
+                        self.reinforce_baseline.mul_(d).add_((1 - d) * mean_cost)
                     self.baseline_updates.add_(1)
             advantage = cost - self.reinforce_baseline
             loss = loss + (advantage * out.log_prob_z).mean()

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .data import Example, mask_to_spans
+from .distributed import LocalContext
 from .embeddings import Vocab
 from .extras import progress
 from .io import atomic_output, write_json, write_jsonl, write_text
@@ -355,17 +356,21 @@ def _settings(cfg: "TrainConfig", run: Optional[dict]) -> dict:
     return {**{k: v for k, v in asdict(cfg).items() if k != "progress"}, **(run or {})}
 
 
-def _save_last(path: Path, progress: _Progress, model, objective, optimizer, settings: dict) -> None:
+def _save_last(path: Path, progress: _Progress, model, objective, optimizer, settings: dict,
+               rng_by_rank: Optional[list] = None) -> None:
     """``checkpoint_last.pt``: model, objective (multipliers), optimiser, RNG states, counters,
-    best-so-far and the history length (atomic write; loads with ``weights_only=True``)."""
+    best-so-far and the history length (atomic write; loads with ``weights_only=True``).
+    ``rng_by_rank``: every rank's torch RNG state (data-parallel runs, :mod:`.distributed`)."""
     state = {"format": LAST_FORMAT, "progress": asdict(progress), "settings": settings,
              "model_state": model.state_dict(), "objective_state": objective.state_dict(),
              "optimizer_state": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    if rng_by_rank is not None:
+        state["torch_rng_by_rank"] = rng_by_rank
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_last(path: Path, model, objective, optimizer, now: dict) -> _Progress:
+def _load_last(path: Path, model, objective, optimizer, now: dict, rank: int = 0) -> _Progress:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt / truncated file
@@ -380,7 +385,7 @@ def _load_last(path: Path, model, objective, optimizer, now: dict) -> _Progress:
     model.load_state_dict(state["model_state"])
     objective.load_state_dict(state["objective_state"])
     optimizer.load_state_dict(state["optimizer_state"])
-    torch.set_rng_state(state["torch_rng"])
+    torch.set_rng_state(state["torch_rng_by_rank"][rank] if "torch_rng_by_rank" in state else state["torch_rng"])
     progress = _Progress(**state["progress"])
     progress.epoch_rng = _as_tuple(progress.epoch_rng)
     progress.best_key = tuple(progress.best_key) if progress.best_key is not None else None
@@ -436,7 +441,7 @@ def _make_optimizer(model, cfg: "TrainConfig"):
 
 def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: Sequence[Example],
           cfg: TrainConfig, out_dir, extra_loss: Optional[ExtraLoss] = None, resume: bool = False,
-          run: Optional[dict] = None) -> dict:
+          run: Optional[dict] = None, ctx=None) -> dict:
     """Train ``pipeline`` in place; best-on-dev checkpoint at ``out_dir/model.pt``, one line per dev
     evaluation in ``out_dir/history.jsonl``.  Returns a summary dict (best dev metrics, timing).
 
@@ -452,24 +457,31 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
     loss on every training batch (``batch.indices`` index ``train_examples``), e.g. the
     right-for-the-right-reasons input-gradient penalty of
     :class:`hardkuma_attention.explain.rrr_text.RRRTextPenalty`; its ``stats`` are logged with the
-    objective's."""
+    objective's.
+
+    ``ctx``: a :class:`~.distributed.DistributedContext` trains data-parallel under torchrun (rank 0
+    evaluates and writes; see :mod:`.distributed`); None: one process."""
+    ctx = ctx or LocalContext()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    if ctx.is_writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + ctx.rank)  # per-rank gate / dropout noise (rank 0: the one-process seed)
     rng = random.Random(cfg.seed)
     model, objective = pipeline.model, pipeline.objective
     params, optimizer = _make_optimizer(model, cfg)
     history_path, last_path = out_dir / "history.jsonl", out_dir / LAST_CHECKPOINT
     if resume:
-        prog = _load_last(last_path, model, objective, optimizer, _settings(cfg, run))
-        _keep_history(history_path, prog.history_lines)
+        prog = _load_last(last_path, model, objective, optimizer, _settings(cfg, run), ctx.rank)
+        if ctx.is_writer:
+            _keep_history(history_path, prog.history_lines)
     else:
         prog = _Progress()
-        history_path.write_text("")
+        if ctx.is_writer:
+            history_path.write_text("")
     if not prog.finished:
         with _SigtermFlag() as sigterm:
             _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog, params, optimizer, rng,
-                        history_path, last_path, sigterm, _settings(cfg, run))
+                        history_path, last_path, sigterm, _settings(cfg, run), ctx)
     return {
         "best_dev": prog.best_metrics,
         "best_step": prog.best_step,
@@ -481,11 +493,13 @@ def train(pipeline: Pipeline, train_examples: Sequence[Example], dev_examples: S
 
 
 def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _Progress, params, optimizer, rng,
-                history_path: Path, last_path: Path, sigterm: _SigtermFlag, settings: dict) -> None:
+                history_path: Path, last_path: Path, sigterm: _SigtermFlag, settings: dict, ctx) -> None:
     """The epochs of :func:`train` from ``prog`` on; updates ``prog`` in place."""
     model, objective = pipeline.model, pipeline.objective
+    trained = ctx.wrap(model)  # DistributedDataParallel under torchrun, else ``model`` itself
     encoded = pipeline.encode(train_examples)
-    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+    num_batches = math.ceil(len(train_examples) / cfg.batch_size)
+    steps_per_epoch = ctx.steps_per_epoch(num_batches)
     eval_every = cfg.eval_every or steps_per_epoch
     target, two_sided = _selection_target(objective)
     start = time.time() - 60 * prog.minutes
@@ -493,9 +507,21 @@ def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _
 
     def save_last():
         prog.minutes, prog.running = (time.time() - start) / 60, dict(running)
-        _save_last(last_path, prog, model, objective, optimizer, settings)
+        rng_by_rank = ctx.rng_states()  # a collective under torchrun: every rank calls it
+        if ctx.is_writer:
+            _save_last(last_path, prog, model, objective, optimizer, settings, rng_by_rank)
 
     def run_eval():
+        metrics = evaluate_and_record() if ctx.is_writer else None
+        metrics, prog.best_key, prog.best_metrics, prog.best_step = ctx.from_writer(
+            (metrics, prog.best_key, prog.best_metrics, prog.best_step))
+        prog.history_lines += 1
+        running.clear()
+        model.train(), objective.train()
+        save_last()
+        return metrics
+
+    def evaluate_and_record():
         metrics, _ = pipeline.evaluate(dev_examples, cfg.eval_batch_size)
         metrics.update({"step": prog.step, "epoch": prog.epoch, "minutes": (time.time() - start) / 60})
         metrics.update({f"train_{k}": v / max(running.get("_n", 1), 1) for k, v in running.items() if k != "_n"})
@@ -506,10 +532,6 @@ def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _
             pipeline.save(history_path.parent / "model.pt", extra={"dev_metrics": metrics, "train_config": asdict(cfg)})
         with open(history_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
-        prog.history_lines += 1
-        running.clear()
-        model.train(), objective.train()
-        save_last()
         return metrics
 
     while prog.epoch <= cfg.epochs:
@@ -518,27 +540,29 @@ def _train_loop(pipeline, train_examples, dev_examples, cfg, extra_loss, prog: _
             prog.epoch_rng = rng.getstate()
         rng.setstate(prog.epoch_rng)
         batches = pipeline.batches(train_examples, cfg.batch_size, shuffle=True, rng=rng, encoded=encoded)
+        batches = ctx.shard(batches, num_batches)  # this rank's batches (all of them in one process)
         for _ in range(prog.batch_in_epoch):  # resumed mid-epoch: the batches already trained on
             next(batches)
-        bar = progress(batches, cfg.progress, total=steps_per_epoch - prog.batch_in_epoch, desc=f"epoch {prog.epoch}")
+        bar = progress(batches, cfg.progress and ctx.is_writer, total=steps_per_epoch - prog.batch_in_epoch, desc=f"epoch {prog.epoch}")
         for batch in bar:
-            stats = _update(model, objective, optimizer, params, batch, cfg, extra_loss)
+            stats = _update(trained, objective, optimizer, params, batch, cfg, extra_loss)
             prog.step += 1
             prog.batch_in_epoch += 1
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) + v
             running["_n"] = running.get("_n", 0) + 1
             bar.set_postfix(loss=f"{stats['task_loss']:.3f}", sel=f"{stats['selected']:.2f}")
-            if cfg.max_minutes and (time.time() - start) / 60 > cfg.max_minutes:
+            if cfg.max_minutes and ctx.any_rank((time.time() - start) / 60 > cfg.max_minutes):
                 prog.out_of_time = True
                 break
             if prog.step % eval_every == 0:
                 m = run_eval()
-                bar.write(
-                    f"step {prog.step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
-                    f"selected {m['selected']:.3f}{' *' if m['is_best'] else ''}"
-                )
-            if sigterm.requested:
+                if ctx.is_writer:  # one log line per evaluation, not one per rank
+                    bar.write(
+                        f"step {prog.step} dev {('mse %.4f' % m['mse']) if 'mse' in m else ('acc %.4f' % m['accuracy'])} "
+                        f"selected {m['selected']:.3f}{' *' if m['is_best'] else ''}"
+                    )
+            if ctx.any_rank(sigterm.requested):
                 bar.close()
                 save_last()
                 raise TrainingInterrupted(f"SIGTERM: stopped after update {prog.step}; the state is in {last_path}")
