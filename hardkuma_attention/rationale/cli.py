@@ -503,13 +503,16 @@ def cmd_table(args) -> int:
 def run_command(prog: str, command, args) -> int:
     """``command(args)``; a data error (``file:line: ...``), a bad argument (``--flag: ...``), a
     missing or unusable file or a missing extra becomes one line ``<prog>: error: <message>`` on
-    stderr and exit code 2, no traceback (``--debug``: the traceback)."""
+    stderr and exit code 2, no traceback (``--debug``: the traceback).  torch's thread count and
+    flush-denormal state are restored afterwards (:mod:`.settings`)."""
     from .data import DataFormatError
     from .extras import MissingExtra
+    from .settings import restored_torch_settings
     from .train import ModelFileError
 
     try:
-        return command(args)
+        with restored_torch_settings():
+            return command(args)
     except (DataFormatError, FileNotFoundError, MissingExtra, ModelFileError, UsageError) as err:
         if getattr(args, "debug", False):
             raise

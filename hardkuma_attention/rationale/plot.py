@@ -52,10 +52,7 @@ def _load_one(path: Path) -> dict:
 def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "test",
                                metric: str = "accuracy", title: str = "") -> None:
     """Write a PNG (atomically) of ``metric`` vs ``100 * selected`` on ``split``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend stays as it is
 
     groups: Dict[str, List[tuple]] = {}
     baselines = []
@@ -68,7 +65,8 @@ def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "
             baselines.append((r.get("name", "full text"), m[metric]))
         else:
             groups.setdefault(gate, []).append((100 * m["selected"], m[metric], r.get("name", "")))
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for gate, pts in sorted(groups.items()):
         pts.sort()
         style, label = _STYLE.get(gate, ("^-", gate))
@@ -83,4 +81,3 @@ def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "
     fig.tight_layout()
     with atomic_output(out_path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
