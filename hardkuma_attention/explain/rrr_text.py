@@ -231,6 +231,13 @@ def rrr_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _train_results(path) -> dict:
+    """``results.json`` of ``train`` beside a model (checked by the rationale reader); ``{}`` if absent."""
+    from ..rationale.plot import load_results
+
+    return load_results([path])[0] if path.is_file() else {}
+
+
 def cmd_rrr_eval(args) -> int:
     import json
     from pathlib import Path
@@ -241,6 +248,7 @@ def cmd_rrr_eval(args) -> int:
 
     models = load_models(args.models, "--models")
     examples = read_checked(args, [pipeline.labels for _, _, pipeline in models])
+    infos = {path: _train_results(Path(path).with_name("results.json")) for _, path, _ in models}
     prepare_out(args.out, args.overwrite, OUTPUTS["rrr-eval"])
     torch.set_num_threads(args.threads)
     if args.limit:
@@ -249,8 +257,7 @@ def cmd_rrr_eval(args) -> int:
     for name, path, pipeline in models:
         if args.max_length is not None:
             pipeline.max_length = args.max_length
-        results_path = Path(path).with_name("results.json")
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results = infos[path]
         mass = gradient_mass_report(pipeline, examples, args.batch_size)
         (ixg,), _ = evaluate_methods(pipeline, examples, ["input-x-gradient"], args.fraction, args.batch_size,
                                      progress=args.progress)

@@ -59,7 +59,9 @@ def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "
     for r in results:
         m = r.get(split) or {}
         if metric not in m:
-            raise ValueError(f"results of run {r.get('name')!r} have no {split}.{metric}")
+            from .cli import UsageError
+
+            raise UsageError(f"--metric: run {r.get('name')!r} has no {split}.{metric}")
         gate = r["model_config"]["gate"]
         if gate == "none":
             baselines.append((r.get("name", "full text"), m[metric]))

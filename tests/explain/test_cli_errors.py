@@ -67,6 +67,9 @@ def _bad_cases(d, model, data):
     unseen.write_text(data.read_text() + json.dumps({"text": "the film", "label": "MIXED"}) + "\n")
     corrupt = d / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
+    (d / "m2").mkdir()
+    (d / "m2" / "model.pt").write_bytes(model.read_bytes())
+    (d / "m2" / "results.json").write_text("{")
     out = d / "new"
     return [
         ("missing data", _mask(model, d / "nope.jsonl", out), "no such data file"),
@@ -80,6 +83,7 @@ def _bad_cases(d, model, data):
                                 "--out", str(out)], "--models: takes NAME=PATH"),
         ("rrr-eval corrupt model", _rrr(corrupt, data, out), f"{corrupt}: not a readable"),
         ("rrr-eval unseen label", _rrr(model, unseen, out), f"{unseen}:4: label 'MIXED'"),
+        ("rrr-eval bad results.json", _rrr(d / "m2" / "model.pt", data, out), f"{d / 'm2' / 'results.json'}:1: not a results.json"),
         ("out is a file", _mask(model, data, data), f"--out: {data} is a file"),
     ]
 

@@ -66,3 +66,12 @@ def test_table_refuses_a_file_that_is_not_results_json(tmp_path, capsys):
     bad.write_text("[1, 2]")
     assert main(["table", str(bad)]) == 2
     assert "no model_config" in capsys.readouterr().err
+
+
+def test_plot_unknown_metric_is_a_flag_error(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    good = tmp_path / "results.json"
+    good.write_text(json.dumps({"name": "r", "model_config": {"gate": "hardkuma"}, "test": {"accuracy": 0.5, "selected": 0.2}}))
+    assert main(["plot", str(good), "--out", str(tmp_path / "p.png"), "--metric", "f1"]) == 2
+    assert capsys.readouterr().err == "hardkuma-rationale plot: error: --metric: run 'r' has no test.f1\n"
+    assert main(["plot", str(good), "--out", str(tmp_path / "p.png")]) == 0 and (tmp_path / "p.png").stat().st_size > 0
