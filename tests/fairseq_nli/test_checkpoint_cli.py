@@ -63,3 +63,11 @@ def test_missing_checkpoint_and_debug(tmp_path, bad_checkpoints, capsys):
     for name, (main, argv) in _commands(tmp_path, corrupt).items():
         with pytest.raises(CheckpointError):
             main(argv + ["--debug"])
+
+
+def test_predictor_raises_checkpoint_error(tmp_path, bad_checkpoints):
+    from fairseq_plugins.nli.predict import NLIPredictor
+
+    for ckpt, reason in {**bad_checkpoints, tmp_path / "nope.pt": "no such checkpoint file"}.items():
+        with pytest.raises(CheckpointError, match="^" + str(ckpt) + ": " + reason.split(" (")[0]):
+            NLIPredictor.from_checkpoint(str(ckpt), str(tmp_path))
