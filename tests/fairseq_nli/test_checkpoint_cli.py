@@ -71,3 +71,30 @@ def test_predictor_raises_checkpoint_error(tmp_path, bad_checkpoints):
     for ckpt, reason in {**bad_checkpoints, tmp_path / "nope.pt": "no such checkpoint file"}.items():
         with pytest.raises(CheckpointError, match="^" + str(ckpt) + ": " + reason.split(" (")[0]):
             NLIPredictor.from_checkpoint(str(ckpt), str(tmp_path))
+
+
+@pytest.mark.parametrize("script", ["snli", "multi30k"])
+def test_evaluate_sh_shows_only_the_checkpoint_error(script, tmp_path):
+    """fairseq's console scripts end in a traceback; the recipes' evaluate.sh shows its last line."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir, ckpt_dir = tmp_path / "bin", tmp_path / "ckpt"
+    bin_dir.mkdir(), ckpt_dir.mkdir()
+    for name in ("dict.input0.txt", "dict.de.txt", "dict.en.txt"):
+        (bin_dir / name).write_text("")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "test.en").write_text("")
+    ckpt = ckpt_dir / "checkpoint_best.pt"
+    ckpt.write_bytes(b"garbage")
+    venv_bin = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""), VIRTUAL_ENV=str(Path(venv_bin).parent),
+               PYTHONPATH=str(ROOT), SNLI_BIN=str(bin_dir), DATA_BIN=str(bin_dir), TEXT_DIR=str(tmp_path),
+               OUT_DIR=str(tmp_path / "out"))
+    argv = [str(ckpt)] if script == "snli" else [str(ckpt_dir)]
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / script / "evaluate.sh"), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if "tensorboardX" not in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"{ckpt}: not a readable fairseq checkpoint (UnpicklingError: " in lines[0] and "Traceback" not in proc.stderr
