@@ -337,7 +337,8 @@ def cmd_train(args) -> int:
 
     t0 = time.time()
     out_dir = Path(args.out)
-    prepare_out(out_dir, args.resume, args.overwrite)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume: cannot be combined with --overwrite")
     if not args.dev and not args.holdout:
         raise UsageError("--dev: give a dev file, or --holdout N")
     train_ex = _read(args, args.train)
@@ -354,6 +355,7 @@ def cmd_train(args) -> int:
     task = "regression" if (args.regression or args.format.startswith("beer")) else "classification"
     labels = check_labels(task, args.train, train_ex,
                           [(args.dev or args.train, dev_ex)] + ([(args.test, test_ex)] if test_ex else []))
+    prepare_out(out_dir, args.resume, args.overwrite)  # after the data checks: bad data never deletes a run
     torch.set_num_threads(args.threads)
     if args.embeddings:
         glove_words, glove_vectors = read_glove(args.embeddings)

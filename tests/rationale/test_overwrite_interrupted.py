@@ -57,6 +57,19 @@ def test_interrupted_overwrite_leaves_no_old_results(tmp_path, monkeypatch, caps
         assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_overwrite_with_bad_data_keeps_the_old_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tmp_path, out)) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    args = _args(tmp_path, out, "--overwrite")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "w1 good", "label": 5}) + "\n")
+    args[args.index("--dev") + 1] = str(tmp_path / "bad.jsonl")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "bad.jsonl:1: label 5 not among the training labels" in capsys.readouterr().err
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}  # nothing deleted
+
+
 def test_table_refuses_a_file_that_is_not_results_json(tmp_path, capsys):
     bad = tmp_path / "results.json"
     bad.write_text('{"name": "x",\n oops}')
