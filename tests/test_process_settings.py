@@ -81,15 +81,14 @@ def test_flush_denormal_probe_sees_the_setting():
 
 def test_command_restores_threads_and_flush_denormal(tmp_path, monkeypatch):
     from hardkuma_attention.rationale import cli
+    from hardkuma_attention.rationale.settings import flush_denormal_enabled
 
-    threads = torch.get_num_threads()
+    threads, flush = torch.get_num_threads(), flush_denormal_enabled()
 
     def command(args):
         torch.set_num_threads(threads + 2)
-        torch.set_flush_denormal(True)
+        torch.set_flush_denormal(not flush)
         raise cli.UsageError("--x: failed midway")
 
     assert cli.run_command("prog", command, type("A", (), {"debug": False})()) == 2
-    from hardkuma_attention.rationale.settings import flush_denormal_enabled
-
-    assert torch.get_num_threads() == threads and not flush_denormal_enabled()
+    assert torch.get_num_threads() == threads and flush_denormal_enabled() == flush
