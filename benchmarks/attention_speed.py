@@ -62,6 +62,7 @@ from torch import nn
 
 from hardkuma_attention import HardKumaAttention
 from hardkuma_attention.functional import hardkuma_weights_from_scores
+from hardkuma_attention.rationale.cli import ranged
 
 PER_LENGTH_VARIANTS = ["softmax", "softmax+weights", "entmax15", "sparsemax", "hardkuma", "hardkuma-separate",
                        "hardkuma-compiled", "hardkuma-separate-compiled", "hardkuma-naive"]
@@ -432,16 +433,16 @@ def sweep(args):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="length sweep at a constant token budget")
-    ap.add_argument("--batch", type=int, default=32, help="batch size (per-length mode)")
-    ap.add_argument("--tokens", type=int, default=8192, help="tokens per step B*T (sweep)")
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--embed-dim", type=int, default=512)
-    ap.add_argument("--lengths", type=int, nargs="+", default=None,
+    ap.add_argument("--batch", type=ranged(int, 1), default=32, help="batch size (per-length mode)")
+    ap.add_argument("--tokens", type=ranged(int, 1), default=8192, help="tokens per step B*T (sweep)")
+    ap.add_argument("--heads", type=ranged(int, 1), default=8)
+    ap.add_argument("--embed-dim", type=ranged(int, 1), default=512)
+    ap.add_argument("--lengths", type=ranged(int, 1), nargs="+", default=None,
                     help=f"sequence lengths (default: 128 256; sweep: {' '.join(map(str, SWEEP_LENGTHS))})")
-    ap.add_argument("--repeats", "--rounds", dest="repeats", type=int, default=7, help="interleaved timing rounds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", "--rounds", dest="repeats", type=ranged(int, 1), default=7, help="interleaved timing rounds")
+    ap.add_argument("--threads", type=ranged(int, 1), default=2)
     ap.add_argument("--variants", nargs="+", default=None, help="default: see the variant list above")
-    ap.add_argument("--map-budget-mib", type=float, default=1024.0,
+    ap.add_argument("--map-budget-mib", type=ranged(float, 0, None, True), default=1024.0,
                     help="sweep: skip variants that keep a (B, H, T, T) map larger than this")
     ap.add_argument("--markdown", action="store_true", help="sweep: print a README-ready table at the end")
     ap.add_argument("--out", help="sweep: JSON file of all figures (resumes a run with the same settings)")

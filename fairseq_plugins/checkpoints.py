@@ -14,22 +14,44 @@ load only fairseq checkpoints you trust.
 
 A file that is not a readable fairseq checkpoint (missing, empty, truncated, another program's
 ``.pt``) raises :class:`CheckpointError` with one line naming the file, never the advice to
-disable safe loading.
+disable safe loading.  The plugin's own command lines (``recipes/snli/heatmap.py``,
+``recipes/multi30k/analyze.py``; :func:`cli_errors`) print that line as ``<prog>: error: ...`` and
+exit with code 2, no traceback (``--debug`` shows it).  fairseq's own console scripts
+(``fairseq-train --restore-file``, ``fairseq-generate --path``, ``fairseq-validate --path``) are
+not forked: they end with fairseq's traceback, whose last line is the same one-line
+``fairseq_plugins.checkpoints.CheckpointError: <file>: ...``, and exit with code 1;
+``recipes/snli/evaluate.sh`` shows only that line.
 """
 from __future__ import annotations
 
 import functools
+import sys
 import threading
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["CheckpointError", "install", "load_full_pickle"]
+__all__ = ["CheckpointError", "cli_errors", "install", "load_full_pickle"]
 
 _LOCK = threading.RLock()
 
 
 class CheckpointError(ValueError):
     """A file given as a fairseq checkpoint cannot be read as one."""
+
+
+@contextmanager
+def cli_errors(prog: str, debug: bool = False):
+    """For a command line that loads checkpoints: a :class:`CheckpointError` or a missing file
+    (``FileNotFoundError``: checkpoint, dictionary, data split) raised in the ``with`` block becomes
+    one line ``<prog>: error: <message>`` on stderr and ``SystemExit(2)``; ``debug``: re-raised."""
+    try:
+        yield
+    except (CheckpointError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_full_pickle(f, *args, **kwargs):

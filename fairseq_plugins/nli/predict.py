@@ -36,9 +36,19 @@ class NLIPredictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str, data_dir: str) -> "NLIPredictor":
         """Load ``checkpoint`` (a fairseq ``checkpoint_*.pt`` of the ``nli`` task); ``data_dir`` is
-        the binarised data directory holding ``dict.input0.txt`` and ``dict.label.txt``."""
+        the binarised data directory holding ``dict.input0.txt`` and ``dict.label.txt``.  A missing,
+        corrupt or foreign checkpoint raises :class:`~fairseq_plugins.checkpoints.CheckpointError`
+        (one line naming the file; a command line turns it into exit code 2 with
+        :func:`~fairseq_plugins.checkpoints.cli_errors`)."""
+        import os
+
         import fairseq_plugins  # noqa: F401  (registers the task/model; wraps fairseq's checkpoint loader)
         from fairseq import checkpoint_utils
+
+        from ..checkpoints import CheckpointError
+
+        if not os.path.isfile(checkpoint):  # fairseq would raise a bare OSError ("Model file not found")
+            raise CheckpointError(f"{checkpoint}: no such checkpoint file")
 
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
         return cls(models[0], task)

@@ -9,6 +9,11 @@ r"""Command line: ``python -m hardkuma_attention.explain <command>`` (to be wire
 - ``rrr-eval``: accuracy, input-gradient mass inside the human rationales and input×gradient
   token F1 of text classifiers trained with / without ``hardkuma-rationale train --rrr``
   (:mod:`hardkuma_attention.explain.rrr_text`).
+
+Every command checks its inputs (data files, labels against the models', model files) before any
+work; a non-empty ``--out`` is refused unless ``--overwrite`` (which first deletes the command's own
+earlier outputs there; :mod:`.checks`).  Errors are one line on stderr, ``file:line: message`` or
+``--flag: message``, exit code 2, no traceback (``--debug`` shows it).
 """
 from __future__ import annotations
 
@@ -37,7 +42,9 @@ def _mean_std(values: Sequence[float]) -> str:
 def cmd_decoy_digits(args) -> int:
     from .decoy import (DecoyData, TrainDecoyConfig, accuracy, decoy_gradient_mass, explain_images,
                         load_decoy_digits, train_mlp)
+    from .checks import OUTPUTS, prepare_out
 
+    prepare_out(args.out, args.overwrite, OUTPUTS["decoy-digits"])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows: List[Dict] = []
@@ -106,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("decoy-digits", help="RRR on scikit-learn digits with a decoy corner patch")
-    d.add_argument("--out", required=True, help="output folder (decoy_digits.json)")
+    d.add_argument("--out", required=True, help="output folder (decoy_digits.json; must be empty, unless --overwrite)")
+    d.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
     d.add_argument("--png", default=None, help="PNG of image masks of the plain and the RRR model")
     d.add_argument("--patch", type=ranged(int, 1), nargs="+", default=[2], help="decoy patch side(s) (default 2)")
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

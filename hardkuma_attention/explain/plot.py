@@ -14,13 +14,11 @@ def save_image_masks(path, images: torch.Tensor, masks: Sequence[torch.Tensor], 
                      row_labels: Sequence[str], side: int = 8) -> None:
     """One row per image: the image (dark = ink), then each mask in ``masks`` (``(N, side*side)``
     each, [0, 1], bright = kept); written to a temp file then renamed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend stays as it is
 
     n, cols = images.size(0), 1 + len(masks)
-    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    fig = Figure(figsize=(1.9 * cols, 1.9 * n))
+    axes = fig.subplots(n, cols, squeeze=False)
     for r in range(n):
         axes[r, 0].imshow(images[r].view(side, side), cmap="gray_r", vmin=0, vmax=1)
         axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
@@ -34,4 +32,3 @@ def save_image_masks(path, images: torch.Tensor, masks: Sequence[torch.Tensor], 
     fig.tight_layout()
     with atomic_output(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90)
-    plt.close(fig)

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..rationale.data import Example
+from ..rationale.data import FORMATS, Example
 from ..rationale.models import RationaleModel
 from .rrr import auto_lambda1, gradient_mass_inside, input_gradients, rrr_penalty
 
@@ -231,29 +231,33 @@ def rrr_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _train_results(path) -> dict:
+    """``results.json`` of ``train`` beside a model (checked by the rationale reader); ``{}`` if absent."""
+    from ..rationale.plot import load_results
+
+    return load_results([path])[0] if path.is_file() else {}
+
+
 def cmd_rrr_eval(args) -> int:
     import json
     from pathlib import Path
 
-    from ..rationale.data import read_examples
     from ..rationale.io import write_json
-    from ..rationale.train import load_pipeline
+    from .checks import OUTPUTS, load_models, prepare_out, read_checked
     from .text import evaluate_methods
 
+    models = load_models(args.models, "--models")
+    examples = read_checked(args, [pipeline.labels for _, _, pipeline in models])
+    infos = {path: _train_results(Path(path).with_name("results.json")) for _, path, _ in models}
+    prepare_out(args.out, args.overwrite, OUTPUTS["rrr-eval"])
     torch.set_num_threads(args.threads)
-    examples = read_examples(args.data, args.format)
     if args.limit:
         examples = examples[: args.limit]
     rows = []
-    for spec in args.models:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"rrr-eval: --models takes NAME=PATH, got {spec!r}")
-        pipeline = load_pipeline(path)
+    for name, path, pipeline in models:
         if args.max_length is not None:
             pipeline.max_length = args.max_length
-        results_path = Path(path).with_name("results.json")
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results = infos[path]
         mass = gradient_mass_report(pipeline, examples, args.batch_size)
         (ixg,), _ = evaluate_methods(pipeline, examples, ["input-x-gradient"], args.fraction, args.batch_size,
                                      progress=args.progress)
@@ -285,7 +289,7 @@ def add_rrr_eval_parser(sub) -> None:
     e.add_argument("--models", nargs="+", required=True,
                    help="NAME=model.pt (from hardkuma-rationale train --gate none [--rrr]); NAME_s<seed> runs are averaged")
     e.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    e.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
+    e.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
     e.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
     e.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
                    help="top fraction of input×gradient tokens kept (default: human rate of the data)")
@@ -293,5 +297,6 @@ def add_rrr_eval_parser(sub) -> None:
     e.add_argument("--batch-size", type=ranged(int, 1), default=50)
     e.add_argument("--threads", type=ranged(int, 1), default=1)
     e.add_argument("--no-progress", dest="progress", action="store_false")
-    e.add_argument("--out", required=True, help="output folder (rrr_eval.json)")
+    e.add_argument("--out", required=True, help="output folder (rrr_eval.json; must be empty, unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
     e.set_defaults(func=cmd_rrr_eval)

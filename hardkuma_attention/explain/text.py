@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..rationale.data import mask_to_spans, read_examples
+from ..rationale.data import FORMATS, mask_to_spans
 from ..rationale.extras import progress as progress_bar
 from ..rationale.highlight import write_html
 from ..rationale.metrics import faithfulness, iou_f1, token_prf
@@ -284,12 +284,15 @@ def markdown_table(rows: Sequence[dict]) -> str:
 # ---------------------------------------------------------------------------------------- CLI
 def cmd_mask(args) -> int:
     from ..rationale.io import write_json
+    from .checks import OUTPUTS, prepare_out, read_checked
 
-    torch.set_num_threads(args.threads)
     pipeline = load_pipeline(args.model)
+    other = load_pipeline(args.rationale_model) if args.rationale_model else None
+    examples = read_checked(args, [pipeline.labels] + ([other.labels] if other is not None else []))
+    prepare_out(args.out, args.overwrite, OUTPUTS["mask"])
+    torch.set_num_threads(args.threads)
     if args.max_length is not None:
         pipeline.max_length = args.max_length
-    examples = read_examples(args.data, args.format)
     if args.limit:
         examples = examples[: args.limit]
     cfg = MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, lagrange_lr=args.lagrange_lr,
@@ -297,8 +300,7 @@ def cmd_mask(args) -> int:
     rows, records = evaluate_methods(pipeline, examples, args.methods, args.fraction, args.batch_size, cfg,
                                      progress=args.progress, occlusion_window=args.occlusion_window,
                                      occlusion_mode=args.occlusion_mode) if args.methods else ([], {})
-    if args.rationale_model:
-        other = load_pipeline(args.rationale_model)
+    if other is not None:
         other.max_length = pipeline.max_length
         rows.append(rationale_model_row(other, examples, args.batch_size))
         print(json.dumps(rows[-1]), flush=True)
@@ -326,7 +328,7 @@ def add_mask_parser(sub) -> None:
     m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
     m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
     m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    m.add_argument("--format", default="eraser", help="reader format (rationale.data.FORMATS)")
+    m.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
     m.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
     m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     m.add_argument("--rationale-model", default=None,
@@ -345,5 +347,6 @@ def add_mask_parser(sub) -> None:
     m.add_argument("--threads", type=ranged(int, 1), default=1)
     m.add_argument("--html-examples", type=ranged(int, 0), default=30)
     m.add_argument("--no-progress", dest="progress", action="store_false")
-    m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--out", required=True, help="output folder (must be empty, unless --overwrite)")
+    m.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
     m.set_defaults(func=cmd_mask)

@@ -351,7 +351,8 @@ def _cmd_train(args, ctx) -> int:
 
     t0 = time.time()
     out_dir = Path(args.out)
-    on_writer(ctx, lambda: prepare_out(out_dir, args.resume, args.overwrite), (UsageError,))
+    if args.resume and args.overwrite:
+        raise UsageError("--resume: cannot be combined with --overwrite")
     if ctx.distributed and args.rrr:
         raise UsageError("--rrr: not supported under torchrun (its double backward does not run through DDP)")
     if not args.dev and not args.holdout:
@@ -373,6 +374,8 @@ def _cmd_train(args, ctx) -> int:
     task = "regression" if (args.regression or args.format.startswith("beer")) else "classification"
     labels = check_labels(task, args.train, train_ex,
                           [(args.dev or args.train, dev_ex)] + ([(args.test, test_ex)] if test_ex else []))
+    # after the data checks: bad data never deletes a run; under torchrun rank 0 alone
+    on_writer(ctx, lambda: prepare_out(out_dir, args.resume, args.overwrite), (UsageError,))
     torch.set_num_threads(args.threads)
     if args.embeddings:
         glove_words, glove_vectors = read_glove(args.embeddings)
@@ -526,14 +529,17 @@ def cmd_table(args) -> int:
 def run_command(prog: str, command, args) -> int:
     """``command(args)``; a data error (``file:line: ...``), a bad argument (``--flag: ...``), a
     missing or unusable file or a missing extra becomes one line ``<prog>: error: <message>`` on
-    stderr and exit code 2, no traceback (``--debug``: the traceback)."""
+    stderr and exit code 2, no traceback (``--debug``: the traceback).  torch's thread count and
+    flush-denormal state are restored afterwards (:mod:`.settings`)."""
     from .data import DataFormatError
     from .extras import MissingExtra
     from .distributed import LaunchError
+    from .settings import restored_torch_settings
     from .train import ModelFileError
 
     try:
-        return command(args)
+        with restored_torch_settings():
+            return command(args)
     except (DataFormatError, FileNotFoundError, LaunchError, MissingExtra, ModelFileError, UsageError) as err:
         if getattr(args, "debug", False):
             raise

@@ -17,5 +17,5 @@ PATCH="${PATCH:-2 3}"
 PY="${PYTHON:-python}"
 cd "$ROOT"
 # shellcheck disable=SC2086
-OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain decoy-digits --out "$OUT" --png "$PNG" \
+OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain decoy-digits --out "$OUT" --overwrite --png "$PNG" \
   --seeds $SEEDS --patch $PATCH --mask-examples 6 ${EXTRA:-}

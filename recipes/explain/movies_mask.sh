@@ -38,7 +38,7 @@ RM=()
 run() {  # name, methods... (a trailing --rationale-model PATH is passed through)
   local name=$1; shift
   echo "start $name ($(date -u +%H:%M:%S))"
-  OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain mask "${COMMON[@]}" --methods "$@" --out "$OUT/$name" \
+  OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain mask "${COMMON[@]}" --methods "$@" --out "$OUT/$name" --overwrite \
     > "$OUT/$name.log" 2>&1 || { echo "error: run $name failed: see $OUT/$name.log" >&2; return 1; }
 }
 if [ "$PARALLEL" -ge 2 ]; then

@@ -16,6 +16,7 @@
 # "sum per-dimension": the gradient summed over the embedding per token, and every embedding coordinate),
 # FRACTION (share of the annotated training reviews that get the penalty, default 0.5),
 # MAX_MINUTES (per run, default 20), MAX_LENGTH (default 400), EPOCHS (default 30).
+# Writes the evaluation to $OUT/eval/rrr_eval.json (replaced on a rerun).
 # Running it again retrains every model from scratch (each run folder is emptied first); a failed
 # run stops the recipe with exit status 1 naming its log.
 set -euo pipefail
@@ -67,4 +68,4 @@ for seed in $SEEDS; do
   [ "$failed" = 0 ] || exit 1
 done
 OMP_NUM_THREADS=1 $PY -m hardkuma_attention.explain rrr-eval --data "$DATA_DIR/movies/val.jsonl" \
-  --models "${MODELS[@]}" --out "$OUT" --no-progress
+  --models "${MODELS[@]}" --out "$OUT/eval" --overwrite --no-progress

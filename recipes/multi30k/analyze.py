@@ -38,7 +38,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import fairseq_plugins  # noqa: E402,F401  (registers the model; checkpoint loading on torch >= 2.6)
+from fairseq_plugins.checkpoints import cli_errors  # noqa: E402
 from hardkuma_attention import collect_attention_stats  # noqa: E402
+from hardkuma_attention.rationale.cli import ranged  # noqa: E402
 
 
 def load(data_bin: Path, path: Path, subset: str):
@@ -232,17 +234,21 @@ def main(argv=None) -> None:
         p.add_argument("--data-bin", type=Path, required=True)
         p.add_argument("--path", type=Path, required=True, help="checkpoint file")
         p.add_argument("--subset", default="test")
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
         if name in ("sparsity", "rows"):
-            p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0: all)")
+            p.add_argument("--limit", type=ranged(int, 0), default=0, help="only the first N sentences (0: all)")
             p.add_argument("--json", type=Path, help="also write the numbers here")
         if name == "sparsity":
             p.add_argument("--rows-json", type=Path, help="also run `rows` and write its numbers here")
         if name == "heatmap":
-            p.add_argument("--index", type=int, default=0)
-            p.add_argument("--beam", type=int, default=5)
+            p.add_argument("--index", type=ranged(int, 0), default=0)
+            p.add_argument("--beam", type=ranged(int, 1), default=5)
             p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    model, task = load(args.data_bin, args.path, args.subset)
+    if not args.path.is_file():
+        parser.error(f"--path: {args.path}: no such checkpoint")
+    with cli_errors(f"{parser.prog} {args.cmd}", args.debug):
+        model, task = load(args.data_bin, args.path, args.subset)
     if args.cmd == "sparsity":
         result = sparsity(model, task, args.subset, args.limit)
         if not result:

@@ -28,7 +28,9 @@ fairseq-generate "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" --path "$CKPT" \
   --task translation --source-lang de --target-lang en --gen-subset "$SUBSET" \
   --beam "${BEAM:-5}" --batch-size "${BATCH:-64}" --required-batch-size-multiple 1 \
   --cpu --num-workers 0 > "$OUT/gen.$SUBSET.txt" 2> "$OUT/gen.$SUBSET.log" \
-  || { tail -n 20 "$OUT/gen.$SUBSET.log" >&2; exit 1; }
+  || { bad="$(grep -m1 -o 'CheckpointError: .*' "$OUT/gen.$SUBSET.log" || true)"  # corrupt / foreign checkpoint
+       [[ -z "$bad" ]] || { echo "evaluate.sh: ${bad#CheckpointError: }" >&2; exit 2; }
+       tail -n 20 "$OUT/gen.$SUBSET.log" >&2; exit 1; }
 # hypotheses in corpus order: "H-<id>\t<score>\t<pieces>"
 grep '^H-' "$OUT/gen.$SUBSET.txt" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
   | python "$ROOT/recipes/multi30k/text.py" detok --spm "$TEXT_DIR/spm.model" --lang en > "$OUT/hyp.$SUBSET.txt"

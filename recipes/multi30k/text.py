@@ -21,6 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, List
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LANGS = ("de", "en")
 
@@ -126,9 +129,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("prepare")
     p.add_argument("--raw-dir", type=Path, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--max-train", type=int, default=0, help="keep only the first N training pairs (0: all)")
-    p.add_argument("--max-eval", type=int, default=0, help="keep only the first N valid/test pairs (0: all; smoke tests)")
+    p.add_argument("--vocab-size", type=ranged(int, 1), default=8000)
+    p.add_argument("--max-train", type=ranged(int, 0), default=0, help="keep only the first N training pairs (0: all)")
+    p.add_argument("--max-eval", type=ranged(int, 0), default=0, help="keep only the first N valid/test pairs (0: all; smoke tests)")
     d = sub.add_parser("detok")
     d.add_argument("--spm", type=Path, required=True)
     d.add_argument("--lang", default="en")

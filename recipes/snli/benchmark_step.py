@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from hardkuma_attention.rationale.cli import ranged  # noqa: E402
 
 
 def batches(args, pad):
@@ -50,8 +51,8 @@ def batches(args, pad):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=None)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=ranged(int, 1), default=100)
+    ap.add_argument("--rounds", type=ranged(int, 1), default=5)
     ap.add_argument("--variants", default="softmax,hardkuma")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

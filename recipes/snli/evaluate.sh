@@ -17,5 +17,9 @@ log="$(mktemp)"; trap 'rm -f "$log"' EXIT
 fairseq-validate "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" --path "$ckpt" \
     --model-overrides "{'data': '$SNLI_BIN'}" --task nli --valid-subset "$split" \
     --batch-size "${EVAL_BATCH_SIZE:-256}" --required-batch-size-multiple 1 --cpu --num-workers 0 \
-    --log-format simple > "$log" 2>&1 || { cat "$log" >&2; snli_die "fairseq-validate failed"; }
+    --log-format simple > "$log" 2>&1 || {
+        # a corrupt / foreign checkpoint: fairseq's traceback ends in one CheckpointError line; show only that
+        bad="$(grep -m1 -o 'CheckpointError: .*' "$log" || true)"
+        [ -z "$bad" ] || snli_die "${bad#CheckpointError: }"
+        cat "$log" >&2; snli_die "fairseq-validate failed"; }
 python "$SNLI_ROOT/recipes/snli/parse_log.py" validate "$log" --split "$split"

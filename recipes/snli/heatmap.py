@@ -19,22 +19,30 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repository root (fairseq_plugins)
 from prepare_data import tokenize  # noqa: E402
 
+from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+
+
+def _fail(message: str):
+    """One line ``heatmap.py: error: <message>`` on stderr, exit code 2."""
+    print(f"{os.path.basename(sys.argv[0]) or 'heatmap.py'}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
 
 def load_pair(args):
     if args.premise is not None:
         if args.hypothesis is None:
-            raise SystemExit("error: --premise needs --hypothesis")
+            _fail("--premise needs --hypothesis")
         return " ".join(tokenize(args.premise)), " ".join(tokenize(args.hypothesis)), None
     base = os.path.join(args.text, args.split)
     pair = []
     for ext in ("input0", "input1"):
         path = f"{base}.{ext}"
         if not os.path.isfile(path):
-            raise SystemExit(f"error: {path} not found (run recipes/snli/prepare.sh or pass --premise/--hypothesis)")
+            _fail(f"{path} not found (run recipes/snli/prepare.sh or pass --premise/--hypothesis)")
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
         if not 0 <= args.index < len(lines):
-            raise SystemExit(f"error: --index {args.index} out of range: {path} has {len(lines)} lines")
+            _fail(f"--index {args.index} out of range: {path} has {len(lines)} lines")
         pair.append(lines[args.index])
     gold = None
     if os.path.isfile(f"{base}.label"):
@@ -86,21 +94,24 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--premise")
     p.add_argument("--hypothesis")
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--index", type=ranged(int, 0), default=0)
     p.add_argument("--text", default="runs/snli/text", help="prepare.sh output dir (with --index)")
     p.add_argument("--split", default="valid")
     p.add_argument("--title", default=None)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} not found")
+        p.error(f"checkpoint: {args.checkpoint} not found")
     premise, hypothesis, gold = load_pair(args)
 
     import torch
 
     torch.set_num_threads(1)
+    from fairseq_plugins.checkpoints import cli_errors
     from fairseq_plugins.nli.predict import NLIPredictor
 
-    pred = NLIPredictor.from_checkpoint(args.checkpoint, args.data).predict(premise, hypothesis)
+    with cli_errors(p.prog, args.debug):
+        pred = NLIPredictor.from_checkpoint(args.checkpoint, args.data).predict(premise, hypothesis)
     nz = float((pred.attention != 0).float().mean())
     kind = "HardKuma gates" if (pred.attention == 0).any() else "attention weights"
     gold_text = f", gold {gold}" if gold else ""
