@@ -1,7 +1,8 @@
 """Issue #12, "no import changes process-wide settings": importing every module of
 hardkuma_attention and fairseq_plugins leaves os.environ, torch's thread count, deterministic
 algorithms, flush-denormal, the default dtype, the warnings filters and matplotlib's backend as a
-fresh process that imported only torch (and fairseq) has them; the command lines restore torch's
+fresh process that imported only torch (and fairseq, and the transformers modules that the
+integration wraps) has them; the command lines restore torch's
 thread count and flush-denormal state after a call."""
 import json
 import pkgutil
@@ -19,6 +20,10 @@ import torch
 try:
     import fairseq  # noqa: F401  (the baseline has fairseq's own import effects too)
 except ImportError:
+    pass
+try:  # and those of the transformers modules the integration imports (they set inductor's cache
+    import transformers.masking_utils, transformers.modeling_utils  # noqa: E401,F401  dir, filters)
+except Exception:  # not installed, or broken beside this torch (see integrations.transformers)
     pass
 modules = []
 if sys.argv[1] == "all":
