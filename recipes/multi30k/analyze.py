@@ -264,6 +264,9 @@ def main(argv=None) -> None:
         print(f"target tokens with every cross-attention row empty: {result['blind_tokens_pct']:.2f}%")
         write_json(result, args.json if args.cmd == "rows" else args.rows_json)
     if args.cmd == "heatmap":
+        n = len(task.dataset(args.subset))
+        if not 0 <= args.index < n:  # before any translation: one line, exit 2
+            parser.error(f"--index: {args.index} out of range: {args.subset} has {n} sentences")
         src, tgt, weights = cross_attention_of_translation(model, task, args.subset, args.index, args.beam)
         draw_heatmap(src, tgt, weights, args.out, f"{args.subset} sentence {args.index}: last-layer cross-attention")
         print(f"wrote {args.out}")
