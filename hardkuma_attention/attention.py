@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import DEFAULT_SUPPORT
-from .functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
+from .functional import BACKENDS, NORMALIZE_MODES, scaled_dot_product_hardkuma
 from .masks import MASKED_SCORE, merge_masks  # MASKED_SCORE re-exported here
 
 __all__ = ["HardKumaAttention", "MASKED_SCORE"]
@@ -60,6 +60,9 @@ class HardKumaAttention(nn.Module):
             ``torch.compile`` when it works here (probed once; else eager with a one-time
             warning); True: always compiled when it works; False: eager.  See
             :class:`hardkuma_attention.streaming.TileKernels`.
+        backend: "auto" (default: CUDA tensors run the Triton kernels when triton is importable),
+            "triton" or "reference" (the CPU streaming path, for debugging); see
+            :func:`hardkuma_attention.functional.scaled_dot_product_hardkuma`.
 
     With ``need_weights=False`` (what ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` pass) the
     attention streams through (query block x key block) tiles
@@ -98,6 +101,7 @@ class HardKumaAttention(nn.Module):
         parameterization: str = "split",
         stats_key: Optional[str] = None,
         compile: Optional[bool] = None,
+        backend: str = "auto",
     ):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
@@ -133,6 +137,9 @@ class HardKumaAttention(nn.Module):
         if compile not in (None, True, False):
             raise ValueError(f"compile must be None (auto), True or False, got {compile!r}")
         self.compile = compile
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
@@ -260,7 +267,7 @@ class HardKumaAttention(nn.Module):
             qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=causal, training=self.training,
             normalize=self.normalize, support=self.support, ab_clamp=self.ab_clamp,
             dropout_p=self.dropout, need_weights=need_weights, want_stats=return_stats,
-            stats_key=self.stats_key, compile=self.compile,
+            stats_key=self.stats_key, compile=self.compile, backend=self.backend,
         )  # out (B, H, T, dv), weights (B, H, T, S) or None
         if bf:
             out = out.transpose(1, 2).reshape(B, T, self.embed_dim)

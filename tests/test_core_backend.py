@@ -41,3 +41,18 @@ def test_forced_triton_on_cpu_says_why():
         match = r"backend=\"triton\": .*(device|CUDA|interpret)"
     with pytest.raises(ValueError, match=match):
         scaled_dot_product_hardkuma(*_inputs(), scale=0.5, backend="triton")
+
+
+def test_module_passes_its_backend_on():
+    from hardkuma_attention import HardKumaAttention
+
+    with pytest.raises(ValueError, match="backend must be one of"):
+        HardKumaAttention(8, 2, backend="gpu")
+    x = torch.randn(2, 5, 8)
+    ref = HardKumaAttention(8, 2, batch_first=True, backend="reference").eval()
+    auto = HardKumaAttention(8, 2, batch_first=True).eval()
+    auto.load_state_dict(ref.state_dict())
+    assert auto.backend == "auto" and torch.equal(ref(x, x, x)[0], auto(x, x, x)[0])
+    forced = HardKumaAttention(8, 2, batch_first=True, backend="triton").eval()
+    with pytest.raises(ValueError, match="backend=\"triton\""):
+        forced(x, x, x, need_weights=False)
