@@ -13,7 +13,7 @@ Modules (each usable on its own):
 - :mod:`.train`       the one trainer, :class:`Pipeline` (predict / evaluate / save), checkpoints;
 - :mod:`.plot`        accuracy vs % selected;  :mod:`.report`  Markdown results tables;
 - :mod:`.io`          atomic output files;
-- :mod:`.cli`         ``hardkuma-rationale train|evaluate|predict|plot|table``.
+- (command line: :mod:`hardkuma_attention.cli`, ``hardkuma-rationale train|evaluate|predict|plot|table``).
 
 Importing this package imports torch but not tqdm or matplotlib (those load when used).
 """

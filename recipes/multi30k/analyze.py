@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 import fairseq_plugins  # noqa: E402,F401  (registers the model; checkpoint loading on torch >= 2.6)
 from fairseq_plugins.checkpoints import cli_errors  # noqa: E402
 from hardkuma_attention import collect_attention_stats  # noqa: E402
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from hardkuma_attention.cli.common import ranged  # noqa: E402
 
 
 def load(data_bin: Path, path: Path, subset: str):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from hardkuma_attention.cli.common import ranged  # noqa: E402
 
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LANGS = ("de", "en")

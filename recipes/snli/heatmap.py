@@ -19,7 +19,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repository root (fairseq_plugins)
 from prepare_data import tokenize  # noqa: E402
 
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from hardkuma_attention.cli.common import ranged  # noqa: E402
 
 
 def _fail(message: str):

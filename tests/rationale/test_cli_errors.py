@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 from hardkuma_attention.rationale.data import DataFormatError, read_eraser
 
 

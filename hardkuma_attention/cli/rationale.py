@@ -8,7 +8,7 @@ Subcommands::
     hardkuma-rationale predict  --model runs/sst_hk30/model.pt "a gorgeous , witty film"
     hardkuma-rationale plot     runs/*/results.json --out accuracy_vs_selected.png
     hardkuma-rationale table    runs/*/results.json --columns accuracy,selected,token_f1
-    hardkuma-rationale explain  mask|decoy-digits ...   (see hardkuma_attention.explain.cli)
+    hardkuma-rationale explain  mask|decoy-digits|rrr-eval ...   (see :mod:`hardkuma_attention.cli.explain`)
 
 ``train`` writes to ``--out``: ``model.pt`` (best on dev), ``history.jsonl`` (one dev evaluation a
 line), ``checkpoint_last.pt`` (the whole training state after each dev evaluation: ``--resume``
@@ -16,11 +16,11 @@ continues an interrupted run bit-identically), then ``predictions.<split>.jsonl`
 ``rationales.<split>.html`` and, last, ``results.json`` (configs, best dev and test metrics,
 timing).  A non-empty ``--out`` is refused unless ``--resume`` or ``--overwrite`` is given.
 Under ``torchrun --nproc_per_node N -m hardkuma_attention.rationale train ...`` it trains
-data-parallel (:mod:`.distributed`; rank 0 writes the outputs).
+data-parallel (:mod:`hardkuma_attention.rationale.distributed`; rank 0 writes the outputs).
 Errors (bad flags, data, embeddings, model files) are one line, ``file:line: message`` or
 ``--flag: message``, exit code 2, before any work (``--debug`` shows the traceback).  Model / objective / training options are generated from the
-fields of :class:`~.models.ModelConfig`, :class:`~.objectives.ObjectiveConfig` and
-:class:`~.train.TrainConfig` (``--hidden-size``, ``--lagrange-lr``, ``--max-minutes``, ...).
+fields of :class:`~hardkuma_attention.rationale.models.ModelConfig`, :class:`~hardkuma_attention.rationale.objectives.ObjectiveConfig` and
+:class:`~hardkuma_attention.rationale.train.TrainConfig` (``--hidden-size``, ``--lagrange-lr``, ``--max-minutes``, ...).
 """
 from __future__ import annotations
 
@@ -30,9 +30,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List
 
-__all__ = ["main", "build_parser"]
+from .common import (UsageError, _read, add_data_args, add_dataclass_args, add_debug_flag, check_data_labels,
+                     check_labels, dataclass_from_args, identity, ranged)
+
+__all__ = ["add_rationale_commands", "prepare_out", "cmd_train", "cmd_evaluate", "cmd_predict", "cmd_plot",
+           "cmd_table"]
 
 _HELP = {
     "gate": "hardkuma | bernoulli (REINFORCE) | none (full-text baseline)",
@@ -75,76 +79,10 @@ _CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent
             "selection_measure": ("expected", "decoded"), "selection_gradient": ("l0", "open")}
 
 
-def ranged(kind, low=None, high=None, low_open=False, high_open=False):
-    """An argparse ``type`` that parses ``kind`` (int / float) and checks the range: the error
-    reads ``argument --flag: must be >= 1, got 0`` (exit code 2)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if low is not None and (value < low or (low_open and value == low)):
-            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
-        if high is not None and (value > high or (high_open and value == high)):
-            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high}, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
 
 
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if f.name in _DERIVED or f.default is dataclasses.MISSING:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default, help_text = f.default, _HELP.get(f.name, "")
-        bounds = _RANGES.get(f.name, (None, None, False, False))
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif isinstance(default, tuple):
-            group.add_argument(flag, type=ranged(float), nargs=len(default), default=default, help=help_text)
-        elif default is None:
-            group.add_argument(flag, type=ranged(float, *bounds), default=None, help=help_text)
-        elif isinstance(default, str):
-            group.add_argument(flag, choices=_CHOICES.get(f.name), default=default, help=help_text + f" (default {default})")
-        else:
-            group.add_argument(flag, type=ranged(type(default), *bounds), default=default,
-                               help=help_text + f" (default {default})")
-
-
-def _dataclass_from_args(cls, args, **derived):
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values.update({k: v for k, v in derived.items() if k in names})
-    return cls(**values)
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from .data import FORMATS
-
-    p.add_argument("--format", required=True, choices=sorted(FORMATS), help="input format")
-    p.add_argument("--docs-dir", default=None, help="ERASER docs folder (default: docs/ beside the jsonl)")
-    p.add_argument("--aspect", default="0", help="BeerAdvocate aspect: 0..4 or appearance/aroma/palate")
-    p.add_argument("--max-length", type=ranged(int, 1), default=None, help="truncate texts to this many tokens")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .models import ModelConfig
-    from .objectives import ObjectiveConfig
-    from .train import TrainConfig
-
-    parser = argparse.ArgumentParser(
-        prog="hardkuma-rationale", description=__doc__.split("\n")[0],
-        epilog="hardkuma-rationale explain {mask,decoy-digits,rrr-eval} ...: post-hoc explanations "
-        "(input-mask optimisation, right-for-the-right-reasons); see `hardkuma-rationale explain -h`.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a rationale model (or a full-text baseline)")
-    _add_data_args(t)
+def _add_train_io_args(t: argparse.ArgumentParser) -> None:
+    add_data_args(t)
     t.add_argument("--train", required=True, help="training file")
     t.add_argument("--dev", default=None, help="dev file (model selection); or use --holdout")
     t.add_argument("--holdout", type=ranged(int, 0), default=0,
@@ -162,9 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=ranged(int, 1), default=1, help="torch intra-op threads")
     t.add_argument("--html-examples", type=ranged(int, 0), default=100, help="examples in rationales.<split>.html")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    _add_dataclass_args(t, ModelConfig, "model")
-    _add_dataclass_args(t, ObjectiveConfig, "objective")
-    _add_dataclass_args(t, TrainConfig, "training")
+
+
+def _add_config_args(t: argparse.ArgumentParser) -> None:
+    from ..rationale.models import ModelConfig
+    from ..rationale.objectives import ObjectiveConfig
+    from ..rationale.train import TrainConfig
+
+    for cls, title in ((ModelConfig, "model"), (ObjectiveConfig, "objective"), (TrainConfig, "training")):
+        add_dataclass_args(t, cls, title, skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+
+
+def _add_rrr_args(t: argparse.ArgumentParser) -> None:
     r = t.add_argument_group("right for the right reasons (full-text classifier, --gate none)")
     r.add_argument("--rrr", action="store_true",
                    help="add λ1 Σ (A ⊙ ∂/∂emb Σ_k log p_k)^2 with A = tokens outside the human rationale "
@@ -178,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="penalise every embedding coordinate's gradient, not the per-token sum over the embedding")
     r.add_argument("--rrr-lambda2", type=ranged(float, 0), default=0.0, help="weight of ||θ||^2 (default 0: weight decay only)")
 
+
+def _add_evaluate_parser(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics, predictions jsonl and HTML for a data file")
-    _add_data_args(e)
+    add_data_args(e)
     e.add_argument("--model", required=True, help="model.pt written by train")
     e.add_argument("--data", required=True, help="data file")
     e.add_argument("--out-dir", required=True, help="writes metrics.json, predictions.jsonl, rationales.html")
@@ -187,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=ranged(int, 1), default=1)
     e.add_argument("--bernoulli-decode-rate", type=ranged(float, 0, 1, True), default=None,
                    help="Bernoulli models: select the top ceil(rate * n) tokens instead of p >= 1/2")
+    e.set_defaults(func=cmd_evaluate)
+    return e
 
+
+def _add_predict_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="highlight the rationale of texts in the terminal")
     p.add_argument("--model", required=True, help="model.pt written by train")
     p.add_argument("texts", nargs="*", help="whitespace-tokenised texts")
@@ -195,50 +148,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", default=None, help="also write prediction records here")
     p.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
                    help="ANSI colours (default: when stdout is a terminal)")
+    p.set_defaults(func=cmd_predict)
+    return p
 
+
+def _add_report_parsers(sub) -> list:
     g = sub.add_parser("plot", help="accuracy vs %% selected from results.json files")
     g.add_argument("results", nargs="+", help="results.json files")
     g.add_argument("--out", required=True, help="PNG path")
     g.add_argument("--split", default="test", choices=["dev", "test"])
     g.add_argument("--metric", default="accuracy")
     g.add_argument("--title", default="")
+    g.set_defaults(func=cmd_plot)
     tb = sub.add_parser("table", help="Markdown table of results.json files")
     tb.add_argument("results", nargs="+", help="results.json files")
     tb.add_argument("--split", default="test", choices=["dev", "test"])
     tb.add_argument("--columns", default="accuracy,selected", help="comma-separated metric names")
-    add_debug_flag(t, e, p, g, tb)
-    return parser
+    tb.set_defaults(func=cmd_table)
+    return [g, tb]
 
 
-class UsageError(ValueError):
-    """A bad combination of arguments; the message starts with the flag."""
-
-
-def _read(args, path):
-    """Read a data file (every row checked by the reader); an empty file is an error, and the
-    ERASER reader's skipped empty evidence spans are reported on stderr."""
-    from .data import DataFormatError, read_eraser, read_examples
-
-    if args.format == "eraser":
-        examples = read_eraser(path, args.docs_dir)
-    else:
-        try:
-            examples = read_examples(path, args.format, args.aspect)
-        except ValueError as err:  # an unknown beer aspect
-            if isinstance(err, DataFormatError):
-                raise
-            raise UsageError(f"--aspect: {err}") from None
-    if not examples:
-        raise DataFormatError(path, None, "no examples (empty file?)")
-    empty = sum(int(ex.meta.get("empty_evidence_spans", 0)) for ex in examples)
-    if empty:
-        print(f"note: {path}: {empty} empty evidence spans (start_token == end_token) skipped", file=sys.stderr)
-    return examples
+def add_rationale_commands(sub) -> None:
+    """The subcommands ``train``, ``evaluate``, ``predict``, ``plot`` and ``table`` on ``sub``
+    (an ``add_subparsers`` object); each sets ``func`` to its ``cmd_*``."""
+    t = sub.add_parser("train", help="train a rationale model (or a full-text baseline)")
+    _add_train_io_args(t)
+    _add_config_args(t)
+    _add_rrr_args(t)
+    t.set_defaults(func=cmd_train)
+    add_debug_flag(t, _add_evaluate_parser(sub), _add_predict_parser(sub), *_add_report_parsers(sub))
 
 
 # Files `train` writes into --out (with the temporary files of atomic writes, `.NAME.*.tmp`).
 _OUTPUTS = ("model.pt", "history.jsonl", "results.json", "checkpoint_last.pt")
 _OUTPUT_PATTERNS = ("predictions.*.jsonl", "rationales.*.html")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    stale = sorted(out.glob(".*.tmp")) if out.is_dir() else []
+    for path in stale:
+        path.unlink()
+    if stale:
+        print(f"note: {out}: removed {len(stale)} temporary file(s) of an interrupted write", file=sys.stderr)
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -250,11 +201,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise UsageError("--resume: cannot be combined with --overwrite")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is a file")
-    stale = sorted(out.glob(".*.tmp")) if out.is_dir() else []
-    for path in stale:
-        path.unlink()
-    if stale:
-        print(f"note: {out}: removed {len(stale)} temporary file(s) of an interrupted write", file=sys.stderr)
+    _remove_stale_temporaries(out)
     present = sorted(out.iterdir()) if out.is_dir() else []
     if resume:
         if not (out / "checkpoint_last.pt").is_file():
@@ -273,48 +220,9 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         path.unlink()
 
 
-def _where(path, ex) -> tuple:
-    return path, ex.meta.get("line")
-
-
-def check_labels(task: str, train_path, train_ex, others: Sequence[tuple] = ()):
-    """The :class:`~.train.LabelMap` of the training examples after checking every split before
-    any training: classification labels of one Python type, at least two classes, and every
-    label of ``others`` (``(path, examples)`` pairs: dev, test) seen in training; regression labels
-    finite numbers.  Raises :class:`~.data.DataFormatError` naming the first offending
-    ``file:line``."""
-    import math
-
-    from .data import DataFormatError
-    from .train import LabelMap
-
-    def number(path, ex):
-        if isinstance(ex.label, bool) or not isinstance(ex.label, (int, float)) or not math.isfinite(ex.label):
-            raise DataFormatError(*_where(path, ex), f"regression label must be a finite number, got {ex.label!r}")
-
-    if task == "regression":
-        for path, examples in [(train_path, train_ex), *others]:
-            for ex in examples:
-                number(path, ex)
-        return LabelMap(None)
-    kind = type(train_ex[0].label)
-    for ex in train_ex:
-        if type(ex.label) is not kind:
-            raise DataFormatError(*_where(train_path, ex), f"label {ex.label!r} is a {type(ex.label).__name__}, earlier "
-                                  f"labels are {kind.__name__} (e.g. {train_ex[0].label!r}): use one type")
-    labels = LabelMap.from_examples(train_ex, task)
-    if len(labels) < 2:
-        raise DataFormatError(train_path, None, f"one class only ({labels.names[0]!r}): a classifier needs two or more")
-    for path, examples in others:
-        for ex in examples:
-            if type(ex.label) is not kind or ex.label not in labels.index:
-                raise DataFormatError(*_where(path, ex), f"label {ex.label!r} not among the training labels {labels.names}")
-    return labels
-
-
 def _write_outputs(pipeline, name: str, examples, out_dir: Path, html_examples: int, with_faith: bool):
-    from .highlight import write_html
-    from .train import write_jsonl
+    from ..rationale.highlight import write_html
+    from ..rationale.io import write_jsonl
 
     metrics, records = pipeline.evaluate(examples, with_faithfulness=with_faith)
     write_jsonl(out_dir / f"predictions.{name}.jsonl", records)
@@ -330,8 +238,9 @@ _NOT_IDENTITY = {"resume", "overwrite", "debug", "progress", "threads", "html_ex
 
 
 def cmd_train(args) -> int:
-    """``train``; under torchrun (``RANK`` / ``WORLD_SIZE`` set) data-parallel, see :mod:`.distributed`."""
-    from .distributed import from_environment
+    """``train``; under torchrun (``RANK`` / ``WORLD_SIZE`` set) data-parallel, see
+    :mod:`hardkuma_attention.rationale.distributed`."""
+    from ..rationale.distributed import from_environment
 
     ctx = from_environment()  # LaunchError (exit 2) for a broken torchrun environment
     try:
@@ -340,23 +249,17 @@ def cmd_train(args) -> int:
         ctx.close()
 
 
-def _cmd_train(args, ctx) -> int:
-    import torch
-
-    from .distributed import dump_rank_state, on_writer
-    from .embeddings import build_vocab, load_embedding_matrix, read_glove
-    from .models import ModelConfig, RationaleModel
-    from .objectives import ObjectiveConfig, RationaleObjective
-    from .train import Pipeline, TrainConfig, TrainingInterrupted, train, write_json
-
-    t0 = time.time()
-    out_dir = Path(args.out)
+def _check_train_args(args, ctx) -> None:
     if args.resume and args.overwrite:
         raise UsageError("--resume: cannot be combined with --overwrite")
     if ctx.distributed and args.rrr:
         raise UsageError("--rrr: not supported under torchrun (its double backward does not run through DDP)")
     if not args.dev and not args.holdout:
         raise UsageError("--dev: give a dev file, or --holdout N")
+
+
+def _read_splits(args, ctx):
+    """``(train, dev, test)`` examples (``test`` None without ``--test``), every file checked."""
     train_ex = _read(args, args.train)
     if args.dev:
         dev_ex = _read(args, args.dev)
@@ -371,67 +274,118 @@ def _cmd_train(args, ctx) -> int:
     if ctx.distributed and -(-len(train_ex) // args.batch_size) < ctx.world_size:
         raise UsageError(f"--batch-size: {len(train_ex)} training examples make fewer batches than the "
                          f"{ctx.world_size} processes (WORLD_SIZE): use a smaller --batch-size")
+    return train_ex, dev_ex, test_ex
+
+
+def _vocabulary(args, train_ex):
+    """``(vocab, weight, freeze)``: the vocabulary and, with ``--embeddings``, its pre-trained matrix."""
+    from ..rationale.embeddings import build_vocab, load_embedding_matrix, read_glove
+
+    if not args.embeddings:
+        return build_vocab((ex.tokens for ex in train_ex), (), args.min_count), None, False
+    glove_words, glove_vectors = read_glove(args.embeddings)
+    vocab = build_vocab((ex.tokens for ex in train_ex), glove_words, args.min_count)
+    weight, found = load_embedding_matrix(vocab, glove_words, glove_vectors, seed=args.seed)
+    print(f"vocabulary {len(vocab)} words, {found} with pre-trained {weight.size(1)}-d vectors", file=sys.stderr)
+    return vocab, weight, args.freeze_embeddings
+
+
+def _build_pipeline(args, train_ex, labels, task):
+    """``(pipeline, configs)``: a fresh model and objective from the arguments."""
+    import torch
+
+    from ..rationale.models import ModelConfig, RationaleModel
+    from ..rationale.objectives import ObjectiveConfig, RationaleObjective
+    from ..rationale.train import Pipeline, TrainConfig
+
+    vocab, weight, freeze = _vocabulary(args, train_ex)
+    embed_dim = weight.size(1) if weight is not None else args.embed_dim_random
+    mcfg = dataclass_from_args(ModelConfig, args, vocab_size=len(vocab), embed_dim=embed_dim,
+                               num_outputs=len(labels), task=task)
+    mcfg.freeze_embeddings = freeze
+    ocfg = dataclass_from_args(ObjectiveConfig, args)
+    tcfg = dataclass_from_args(TrainConfig, args, progress=args.progress)
+    torch.manual_seed(tcfg.seed)
+    pipeline = Pipeline(RationaleModel(mcfg, weight), RationaleObjective(ocfg, mcfg.gate, task), vocab, labels,
+                        args.max_length)
+    return pipeline, (mcfg, ocfg, tcfg)
+
+
+def _rrr_penalty(args, pipeline, train_ex, seed: int):
+    """The right-for-the-right-reasons input-gradient penalty (``--rrr``), or None."""
+    if not args.rrr:
+        return None
+    from ..explain.rrr_text import RRRTextConfig, RRRTextPenalty
+
+    penalty = RRRTextPenalty(pipeline, train_ex, RRRTextConfig(
+        args.rrr_fraction, args.rrr_lambda1, args.rrr_lambda1_scale, args.rrr_lambda2, seed=seed,
+        per_dimension=args.rrr_per_dimension))
+    print(f"RRR: {penalty.info}", file=sys.stderr)
+    return penalty
+
+
+def _run_training(args, ctx, pipeline, splits, tcfg, extra_loss):
+    """:func:`~hardkuma_attention.rationale.train.train`; None when SIGTERM stopped it."""
+    import torch
+
+    from ..rationale.train import TrainingInterrupted, train
+
+    if extra_loss is not None:
+        # Double backprop through saturated LSTM gates produces denormal floats, which made CPU steps
+        # 2-3x slower on Movies; flush them to zero during training (run_command restores the setting).
+        torch.set_flush_denormal(True)
+    run = {**identity(args, _NOT_IDENTITY), **ctx.run_identity()}
+    try:
+        return train(pipeline, splits[0], splits[1], tcfg, Path(args.out), extra_loss=extra_loss,
+                     resume=args.resume, run=run, ctx=ctx)
+    except TrainingInterrupted as err:
+        print(f"hardkuma-rationale train: {err}; continue with the same command and --resume", file=sys.stderr)
+        return None
+    finally:
+        if extra_loss is not None:
+            torch.set_flush_denormal(False)
+
+
+def _cmd_train(args, ctx) -> int:
+    import torch
+
+    from ..rationale.distributed import dump_rank_state, on_writer
+
+    t0 = time.time()
+    _check_train_args(args, ctx)
+    splits = _read_splits(args, ctx)
+    train_ex, dev_ex, test_ex = splits
     task = "regression" if (args.regression or args.format.startswith("beer")) else "classification"
     labels = check_labels(task, args.train, train_ex,
                           [(args.dev or args.train, dev_ex)] + ([(args.test, test_ex)] if test_ex else []))
     # after the data checks: bad data never deletes a run; under torchrun rank 0 alone
-    on_writer(ctx, lambda: prepare_out(out_dir, args.resume, args.overwrite), (UsageError,))
+    on_writer(ctx, lambda: prepare_out(Path(args.out), args.resume, args.overwrite), (UsageError,))
     torch.set_num_threads(args.threads)
-    if args.embeddings:
-        glove_words, glove_vectors = read_glove(args.embeddings)
-        vocab = build_vocab((ex.tokens for ex in train_ex), glove_words, args.min_count)
-        weight, found = load_embedding_matrix(vocab, glove_words, glove_vectors, seed=args.seed)
-        print(f"vocabulary {len(vocab)} words, {found} with pre-trained {weight.size(1)}-d vectors", file=sys.stderr)
-        freeze = args.freeze_embeddings
-    else:
-        vocab = build_vocab((ex.tokens for ex in train_ex), (), args.min_count)
-        weight, freeze = None, False
-    embed_dim = weight.size(1) if weight is not None else args.embed_dim_random
-    mcfg = _dataclass_from_args(ModelConfig, args, vocab_size=len(vocab), embed_dim=embed_dim,
-                                num_outputs=len(labels), task=task)
-    mcfg.freeze_embeddings = freeze
-    ocfg = _dataclass_from_args(ObjectiveConfig, args)
-    tcfg = _dataclass_from_args(TrainConfig, args, progress=args.progress)
-    torch.manual_seed(tcfg.seed)
-    model = RationaleModel(mcfg, weight)
-    objective = RationaleObjective(ocfg, mcfg.gate, task)
-    pipeline = Pipeline(model, objective, vocab, labels, args.max_length)
-    extra_loss = None
-    if args.rrr:
-        from ..explain.rrr_text import RRRTextConfig, RRRTextPenalty
-
-        extra_loss = RRRTextPenalty(pipeline, train_ex, RRRTextConfig(
-            args.rrr_fraction, args.rrr_lambda1, args.rrr_lambda1_scale, args.rrr_lambda2, seed=tcfg.seed,
-            per_dimension=args.rrr_per_dimension))
-        print(f"RRR: {extra_loss.info}", file=sys.stderr)
-        # Double backprop through saturated LSTM gates produces denormal floats, which made CPU steps
-        # 2-3x slower on Movies; flush them to zero during training only (process-wide setting,
-        # restored to torch's default afterwards so callers in the same process are unaffected).
-        torch.set_flush_denormal(True)
-    run = {**{k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY}, **ctx.run_identity()}
-    try:
-        summary = train(pipeline, train_ex, dev_ex, tcfg, out_dir, extra_loss=extra_loss, resume=args.resume, run=run,
-                        ctx=ctx)
-    except TrainingInterrupted as err:
-        print(f"hardkuma-rationale train: {err}; continue with the same command and --resume", file=sys.stderr)
+    pipeline, configs = _build_pipeline(args, train_ex, labels, task)
+    extra_loss = _rrr_penalty(args, pipeline, train_ex, configs[2].seed)
+    summary = _run_training(args, ctx, pipeline, splits, configs[2], extra_loss)
+    if summary is None:
         return 143
-    finally:
-        if extra_loss is not None:
-            torch.set_flush_denormal(False)
-    dump_rank_state(ctx, model, objective)
-    if not ctx.is_writer:
-        return 0  # rank 0 writes the outputs
+    dump_rank_state(ctx, pipeline.model, pipeline.objective)
+    if ctx.is_writer:  # rank 0 writes the outputs
+        _write_results(args, splits, pipeline, configs, summary, extra_loss, t0)
+    return 0
 
-    from .train import load_pipeline
 
+def _write_results(args, splits, pipeline, configs, summary, extra_loss, t0) -> None:
+    """Evaluate the best model on dev (and test), then write ``results.json`` (last)."""
+    from ..rationale.io import write_json
+    from ..rationale.train import load_pipeline
+
+    out_dir, (train_ex, dev_ex, test_ex), (mcfg, ocfg, tcfg) = Path(args.out), splits, configs
     best = load_pipeline(out_dir / "model.pt")
-    with_faith = task == "classification"
+    with_faith = mcfg.task == "classification"
     results = {
         "name": args.name or out_dir.name,
         "command": " ".join(sys.argv),
         "data": {"format": args.format, "train": args.train, "dev": args.dev or f"{args.holdout} held out of --train", "test": args.test,
                  "n_train": len(train_ex), "n_dev": len(dev_ex), "n_test": len(test_ex) if test_ex else 0,
-                 "embeddings": args.embeddings, "embed_dim": embed_dim, "vocab_size": len(vocab)},
+                 "embeddings": args.embeddings, "embed_dim": mcfg.embed_dim, "vocab_size": len(pipeline.vocab)},
         "model_config": dataclasses.asdict(mcfg),
         "objective_config": dataclasses.asdict(ocfg),
         "train_config": dataclasses.asdict(tcfg),
@@ -447,13 +401,13 @@ def _cmd_train(args, ctx) -> int:
     write_json(out_dir / "results.json", results)
     shown = results.get("test", results["dev"])
     print(f"{results['name']}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items() if isinstance(v, float)))
-    return 0
 
 
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .train import load_pipeline, write_json
+    from ..rationale.io import write_json
+    from ..rationale.train import load_pipeline
 
     pipeline = load_pipeline(args.model)
     if args.max_length:
@@ -461,10 +415,7 @@ def cmd_evaluate(args) -> int:
     if args.bernoulli_decode_rate is not None:
         pipeline.model.config.bernoulli_decode_rate = args.bernoulli_decode_rate
     examples = _read(args, args.data)
-    if pipeline.labels.is_regression:
-        check_labels("regression", args.data, examples)
-    else:
-        _check_known_labels(pipeline.labels, args.data, examples)
+    check_data_labels(pipeline.labels, args.data, examples)
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
     metrics = _write_outputs(pipeline, Path(args.data).stem, examples, out_dir, args.html_examples,
@@ -474,19 +425,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _check_known_labels(labels, path, examples) -> None:
-    from .data import DataFormatError
-
-    kind = type(labels.names[0])
-    for ex in examples:
-        if type(ex.label) is not kind or ex.label not in labels.index:
-            raise DataFormatError(*_where(path, ex), f"label {ex.label!r} not among the model's labels {labels.names}")
-
-
 def cmd_predict(args) -> int:
-    from .data import Example, text_lines
-    from .highlight import terminal_highlight
-    from .train import load_pipeline, write_jsonl
+    from ..rationale.data import Example, text_lines
+    from ..rationale.highlight import terminal_highlight
+    from ..rationale.io import write_jsonl
+    from ..rationale.train import load_pipeline
 
     texts: List[str] = list(args.texts)
     if args.file:
@@ -508,60 +451,22 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .extras import require
-    from .plot import load_results, plot_accuracy_vs_selection
+    from ..rationale.extras import require
+    from ..rationale.plot import load_results, plot_accuracy_vs_selection, run_without
 
     require(["matplotlib"], "rationale", "plot")
-
-    plot_accuracy_vs_selection(load_results(args.results), args.out, args.split, args.metric, args.title)
+    results = load_results(args.results)
+    lacking = run_without(results, args.split, args.metric)
+    if lacking is not None:
+        raise UsageError(f"--metric: run {lacking.get('name')!r} has no {args.split}.{args.metric}")
+    plot_accuracy_vs_selection(results, args.out, args.split, args.metric, args.title)
     print(args.out)
     return 0
 
 
 def cmd_table(args) -> int:
-    from .plot import load_results
-    from .report import results_table
+    from ..rationale.plot import load_results
+    from ..rationale.report import results_table
 
     print(results_table(load_results(args.results), args.split, args.columns.split(",")), end="")
     return 0
-
-
-def run_command(prog: str, command, args) -> int:
-    """``command(args)``; a data error (``file:line: ...``), a bad argument (``--flag: ...``), a
-    missing or unusable file or a missing extra becomes one line ``<prog>: error: <message>`` on
-    stderr and exit code 2, no traceback (``--debug``: the traceback).  torch's thread count and
-    flush-denormal state are restored afterwards (:mod:`.settings`)."""
-    from .data import DataFormatError
-    from .extras import MissingExtra
-    from .distributed import LaunchError
-    from .settings import restored_torch_settings
-    from .train import ModelFileError
-
-    try:
-        with restored_torch_settings():
-            return command(args)
-    except (DataFormatError, FileNotFoundError, LaunchError, MissingExtra, ModelFileError, UsageError) as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-
-
-def add_debug_flag(*parsers) -> None:
-    for p in parsers:
-        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["explain"]:  # post-hoc explanations: hardkuma_attention.explain
-        from ..explain.cli import main as explain_main
-
-        return explain_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot, "table": cmd_table}
-    return run_command(f"hardkuma-rationale {args.command}", commands[args.command], args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
