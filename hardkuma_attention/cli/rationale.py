@@ -43,13 +43,8 @@ _HELP = {
     "selector": "independent | dependent (autoregressive over z; HardKuma only)",
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
     "lasso": "HardKuma: Lagrangian upper bound on transitions (fused lasso), per selected token by default (2/L: runs of L tokens; --lasso-measure rate: per token, the paper)",
-    "equality": "treat the Lagrangian constraints as equalities (drive to the target from both sides)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
                           "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
-    "lagrange_damping": "proportional term d of the Lagrangian controllers (selection and lasso): "
-                        "push by lambda + d * (rate - target)",
-    "selection_measure": "what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
-                         "(share of tokens kept by the deterministic test-time decision; the gradient: --selection-gradient)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",
@@ -57,28 +52,30 @@ _HELP = {
     "freeze_embeddings": "keep pre-trained embeddings fixed",
     "max_minutes": "wall-clock training budget in minutes (0 = none)",
     "eval_every": "dev evaluation every N updates (0 = once per epoch)",
+    "selector_lr": "Adam step size of the selector (default: --lr); README 'ERASER Movies' CNN pilot: 1e-4 kept "
+                   "the gates open but the decoded selection never left 1.0",
 }
-# Filled from the data / embeddings, not from the command line.
-_DERIVED = {"vocab_size", "embed_dim", "num_outputs", "task", "progress"}
+# Filled from the data / embeddings, not from the command line; or set through other flags.
+_DERIVED = {"vocab_size", "embed_dim", "num_outputs", "task", "progress", "selection_tolerance"}
 # Allowed values of the generated flags: (low, high, low_open, high_open); None = unbounded.
 _RANGES = {
-    "hidden_size": (1, None, False, False), "dependent_hidden": (1, None, False, False),
+    "hidden_size": (1, None, False, False),
     "dropout": (0, 1, False, True), "selection": (0, 1, False, False), "lasso": (0, 1, False, False),
-    "lagrange_lr": (0, None, True, False), "lagrange_alpha": (0, 1, False, True), "lambda_max": (0, None, True, False),
     "sparsity_weight": (0, None, False, False), "sparsity_target": (0, 1, False, False),
-    "coherence_weight": (0, None, False, False), "baseline_decay": (0, 1, False, True),
-    "constraint_warmup": (0, None, False, False), "selection_anneal": (0, None, False, False),
-    "lagrange_damping": (0, None, False, False), "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
+    "coherence_weight": (0, None, False, False), "selection_anneal": (0, None, False, False),
+    "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
     "lr": (0, None, True, False), "selector_lr": (0, None, True, False), "weight_decay": (0, None, False, False),
-    "max_grad_norm": (0, None, False, False), "eval_every": (0, None, False, False), "max_minutes": (0, None, False, False),
-    "selection_tolerance": (0, 1, False, False), "eval_batch_size": (1, None, False, False),
-    "bernoulli_decode_rate": (0, 1, True, False), "lambda_init": (None, None, False, False),
+    "eval_every": (0, None, False, False), "max_minutes": (0, None, False, False),
+    "bernoulli_decode_rate": (0, 1, True, False),
 }
 _CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent", "dependent"),
-            "ab_map": ("sigmoid", "clamp"), "pooling": ("final", "max"),
-            "selection_measure": ("expected", "decoded"), "selection_gradient": ("l0", "open")}
-
-
+            "pooling": ("final", "max"), "selection_gradient": ("l0", "open")}
+# --flag -> ControllerConfig field; each flag's default None keeps the --controller preset's value.
+_CONTROLLER_FLAGS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
+                     "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",
+                     "selection_measure": "observe", "constraint_warmup": "warmup"}
+# --flag -> GateConfig field (default None: the --gate-preset's value).
+_GATE_FLAGS = {"support": "support", "ab_map": "ab_map", "ab_range": "ab_range"}
 
 
 def _add_train_io_args(t: argparse.ArgumentParser) -> None:
@@ -102,13 +99,87 @@ def _add_train_io_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def _add_gate_args(group) -> None:
+    from ..config import GATE_PRESETS
+
+    group.add_argument("--gate-preset", choices=sorted(GATE_PRESETS), default="rationale",
+                       help="HardKuma gate settings (hardkuma_attention.config.GateConfig) that the next three "
+                       "flags override (default rationale: --ab-map sigmoid --ab-range 0.1 10)")
+    group.add_argument("--support", type=ranged(float), nargs=2, metavar=("L", "R"), default=None,
+                       help="stretch interval of the HardKuma gates, L < 0 < 1 < R (default: the preset's, -0.1 1.1)")
+    group.add_argument("--ab-map", choices=("sigmoid", "clamp"), default=None,
+                       help="score -> a, b: sigmoid (log-linear in sigmoid(s) over --ab-range) | clamp (clamp(softplus(s)))")
+    group.add_argument("--ab-range", "--ab-clamp", dest="ab_range", type=ranged(float, 0, None, True), nargs=2,
+                       metavar=("LO", "HI"), default=None,
+                       help="range [LO, HI] of a and b (--ab-clamp: its former name, an alias; a range, "
+                       "not a clamp, under --ab-map sigmoid)")
+
+
+def _add_controller_args(t: argparse.ArgumentParser) -> None:
+    from ..config import CONTROLLER_PRESETS
+
+    g = t.add_argument_group("Lagrangian controller (selection and lasso; hardkuma_attention.config.ControllerConfig)")
+    g.add_argument("--controller", choices=sorted(CONTROLLER_PRESETS), default="rationale",
+                   help="preset that the flags below override (default rationale: the SST settings)")
+    g.add_argument("--lagrange-lr", type=ranged(float, 0, None, True), default=None, help="multiplier step size")
+    g.add_argument("--lagrange-alpha", type=ranged(float, 0, 1, False, True), default=None, help="moving-average decay")
+    g.add_argument("--lambda-init", type=ranged(float), default=None,
+                   help="initial multiplier (preset rationale: 0 for equality, 1e-3 otherwise)")
+    g.add_argument("--lambda-max", type=ranged(float, 0, None, True), default=None, help="bound of the multiplier")
+    g.add_argument("--equality", action=argparse.BooleanOptionalAction, default=None,
+                   help="treat the selection constraint as an equality (drive to the target from both sides)")
+    g.add_argument("--lagrange-damping", type=ranged(float, 0), default=None,
+                   help="proportional term d of the Lagrangian controllers (selection and lasso): "
+                   "push by lambda + d * (rate - target)")
+    g.add_argument("--constraint-warmup", type=ranged(int, 0), default=None,
+                   help="training updates before the constraints act and the multipliers move (controller warmup; "
+                   "default 0). Span task (tests/rationale/test_coherence.py): 40 with --selection-anneal 150; "
+                   "README 'ERASER Movies' CNN pilot: 200 did not stop the collapse")
+    g.add_argument("--selection-measure", choices=("expected", "decoded"), default=None,
+                   help="what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
+                   "(share of tokens kept by the deterministic test-time decision; the gradient: --selection-gradient)")
+
+
 def _add_config_args(t: argparse.ArgumentParser) -> None:
     from ..rationale.models import ModelConfig
     from ..rationale.objectives import ObjectiveConfig
     from ..rationale.train import TrainConfig
 
-    for cls, title in ((ModelConfig, "model"), (ObjectiveConfig, "objective"), (TrainConfig, "training")):
-        add_dataclass_args(t, cls, title, skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    model = add_dataclass_args(t, ModelConfig, "model", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    _add_gate_args(model)
+    add_dataclass_args(t, ObjectiveConfig, "objective", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    _add_controller_args(t)
+    add_dataclass_args(t, TrainConfig, "training", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+
+
+def controller_from_args(args):
+    """The :class:`~hardkuma_attention.config.ControllerConfig`: ``--controller`` with the flags given."""
+    from ..config import ControllerConfig
+
+    return ControllerConfig.preset(args.controller).replace(**{f: getattr(args, a) for a, f in _CONTROLLER_FLAGS.items()})
+
+
+def gate_from_args(args):
+    """The :class:`~hardkuma_attention.config.GateConfig`: ``--gate-preset`` with the flags given."""
+    from ..config import GateConfig
+
+    return GateConfig.preset(args.gate_preset).replace(**{f: getattr(args, a) for a, f in _GATE_FLAGS.items()})
+
+
+def configs_from_args(args, **derived):
+    """``(ModelConfig, ObjectiveConfig, TrainConfig)`` of the ``train`` arguments (``derived``:
+    the fields that come from the data); an inconsistent combination is a :class:`UsageError`."""
+    from ..rationale.models import ModelConfig
+    from ..rationale.objectives import ObjectiveConfig
+    from ..rationale.train import TrainConfig
+
+    try:
+        mcfg = dataclass_from_args(ModelConfig, args, gate_config=gate_from_args(args), **derived)
+        ocfg = dataclass_from_args(ObjectiveConfig, args, controller=controller_from_args(args))
+    except ValueError as err:
+        text = str(err)
+        raise UsageError(text if text.startswith("--") else f"--controller/--gate-preset: {text}") from None
+    return mcfg, ocfg, dataclass_from_args(TrainConfig, args, progress=args.progress)
 
 
 def _add_rrr_args(t: argparse.ArgumentParser) -> None:
@@ -256,6 +327,7 @@ def _check_train_args(args, ctx) -> None:
         raise UsageError("--rrr: not supported under torchrun (its double backward does not run through DDP)")
     if not args.dev and not args.holdout:
         raise UsageError("--dev: give a dev file, or --holdout N")
+    configs_from_args(args, vocab_size=2)  # the controller / gate / objective settings, before any work
 
 
 def _read_splits(args, ctx):
@@ -294,17 +366,15 @@ def _build_pipeline(args, train_ex, labels, task):
     """``(pipeline, configs)``: a fresh model and objective from the arguments."""
     import torch
 
-    from ..rationale.models import ModelConfig, RationaleModel
-    from ..rationale.objectives import ObjectiveConfig, RationaleObjective
-    from ..rationale.train import Pipeline, TrainConfig
+    from ..rationale.models import RationaleModel
+    from ..rationale.objectives import RationaleObjective
+    from ..rationale.train import Pipeline
 
     vocab, weight, freeze = _vocabulary(args, train_ex)
     embed_dim = weight.size(1) if weight is not None else args.embed_dim_random
-    mcfg = dataclass_from_args(ModelConfig, args, vocab_size=len(vocab), embed_dim=embed_dim,
-                               num_outputs=len(labels), task=task)
+    mcfg, ocfg, tcfg = configs_from_args(args, vocab_size=len(vocab), embed_dim=embed_dim, num_outputs=len(labels),
+                                         task=task)
     mcfg.freeze_embeddings = freeze
-    ocfg = dataclass_from_args(ObjectiveConfig, args)
-    tcfg = dataclass_from_args(TrainConfig, args, progress=args.progress)
     torch.manual_seed(tcfg.seed)
     pipeline = Pipeline(RationaleModel(mcfg, weight), RationaleObjective(ocfg, mcfg.gate, task), vocab, labels,
                         args.max_length)
