@@ -148,6 +148,22 @@ def _add_decoy_parser(sub) -> argparse.ArgumentParser:
     return d
 
 
+def _add_text_eval_args(p: argparse.ArgumentParser, fraction_help: str, out_help: str) -> None:
+    """The flags ``mask`` and ``rrr-eval`` share: data, truncation, subset, batching, output folder."""
+    from ..rationale.data import FORMATS
+
+    p.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
+    p.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
+    p.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
+    p.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None, help=fraction_help)
+    p.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
+    p.add_argument("--batch-size", type=ranged(int, 1), default=50)
+    p.add_argument("--threads", type=ranged(int, 1), default=1)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
+
+
 # ---------------------------------------------------------------------------------------- mask
 def _mask_config(args):
     """The :class:`~hardkuma_attention.explain.mask.MaskConfig` of ``mask``: the "explain"
@@ -222,20 +238,14 @@ def cmd_mask(args) -> int:
 
 def _add_mask_parser(sub) -> argparse.ArgumentParser:
     from ..explain.text import METHODS, OCCLUSION_MODES
-    from ..rationale.data import FORMATS
 
     m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
     m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
-    m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    m.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
-    m.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
     m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     m.add_argument("--rationale-model", default=None,
                    help="also evaluate this select-then-predict model.pt (its own rationales and classifier)")
-    m.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
-                   help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
-    m.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
-    m.add_argument("--batch-size", type=ranged(int, 1), default=50)
+    _add_text_eval_args(m, "top fraction of tokens kept as the hard rationale (default: human rate of the data)",
+                        "output folder (must be empty, unless --overwrite)")
     m.add_argument("--max-steps", type=ranged(int, 1), default=900, help="mask optimisation steps (convergence stop)")
     m.add_argument("--l0-target", type=ranged(float, 0, 1), default=_default_l0_target(),
                    help="mask-hardkuma: expected-L0 target")
@@ -245,11 +255,7 @@ def _add_mask_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--occlusion-mode", default="remove", choices=OCCLUSION_MODES,
                    help="occlusion: remove the window's tokens (default) or replace them by the padding embedding")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=ranged(int, 1), default=1)
     m.add_argument("--html-examples", type=ranged(int, 0), default=30)
-    m.add_argument("--no-progress", dest="progress", action="store_false")
-    m.add_argument("--out", required=True, help="output folder (must be empty, unless --overwrite)")
-    m.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
     m.set_defaults(func=cmd_mask)
     return m
 
@@ -311,22 +317,11 @@ def cmd_rrr_eval(args) -> int:
 
 
 def _add_rrr_eval_parser(sub) -> argparse.ArgumentParser:
-    from ..rationale.data import FORMATS
-
     e = sub.add_parser("rrr-eval", help="accuracy and input-gradient mass inside human rationales of text classifiers")
     e.add_argument("--models", nargs="+", required=True,
                    help="NAME=model.pt (from hardkuma-rationale train --gate none [--rrr]); NAME_s<seed> runs are averaged")
-    e.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    e.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
-    e.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
-    e.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
-                   help="top fraction of input×gradient tokens kept (default: human rate of the data)")
-    e.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
-    e.add_argument("--batch-size", type=ranged(int, 1), default=50)
-    e.add_argument("--threads", type=ranged(int, 1), default=1)
-    e.add_argument("--no-progress", dest="progress", action="store_false")
-    e.add_argument("--out", required=True, help="output folder (rrr_eval.json; must be empty, unless --overwrite)")
-    e.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
+    _add_text_eval_args(e, "top fraction of input×gradient tokens kept (default: human rate of the data)",
+                        "output folder (rrr_eval.json; must be empty, unless --overwrite)")
     e.set_defaults(func=cmd_rrr_eval)
     return e
 

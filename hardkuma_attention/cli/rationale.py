@@ -470,7 +470,12 @@ def _write_results(args, splits, pipeline, configs, summary, extra_loss, t0) -> 
     results["total_minutes"] = (time.time() - t0) / 60
     write_json(out_dir / "results.json", results)
     shown = results.get("test", results["dev"])
-    print(f"{results['name']}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items() if isinstance(v, float)))
+    print(f"{results['name']}: " + _metrics_line({k: v for k, v in shown.items() if isinstance(v, float)}))
+
+
+def _metrics_line(metrics: dict) -> str:
+    """``k=v, ...`` with floats to 4 digits (the one summary line of train and evaluate)."""
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def cmd_evaluate(args) -> int:
@@ -491,7 +496,7 @@ def cmd_evaluate(args) -> int:
     metrics = _write_outputs(pipeline, Path(args.data).stem, examples, out_dir, args.html_examples,
                              not pipeline.labels.is_regression)
     write_json(out_dir / "metrics.json", metrics)
-    print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print(_metrics_line(metrics))
     return 0
 
 

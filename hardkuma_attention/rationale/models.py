@@ -49,6 +49,7 @@ __all__ = [
     "make_encoder",
     "ENCODERS",
     "compact_selected",
+    "nest_old_fields",
     "Classifier",
     "IndependentSelector",
     "DependentSelector",
@@ -121,13 +122,23 @@ class ModelConfig:
         """The config saved as ``dataclasses.asdict`` (``model.pt``, ``results.json``), also in
         the shape written before :class:`~hardkuma_attention.config.GateConfig` (flat ``support``,
         ``ab_clamp``, ``ab_map``; missing ones took the "rationale" preset's values)."""
-        values = dict(values)
-        if values.pop("dependent_hidden", DEPENDENT_HIDDEN) != DEPENDENT_HIDDEN:
-            raise ValueError(f"dependent_hidden other than {DEPENDENT_HIDDEN} is no longer supported")
-        old = {new: values.pop(name) for name, new in _OLD_GATE_FIELDS.items() if name in values}
-        if old:
-            values["gate_config"] = dataclasses.replace(GateConfig.preset("rationale"), **old)
-        return cls(**values)
+        return cls(**nest_old_fields(values, "gate_config", GateConfig.preset("rationale"), _OLD_GATE_FIELDS,
+                                     {"dependent_hidden": DEPENDENT_HIDDEN}))
+
+
+def nest_old_fields(values: Dict[str, Any], name: str, base, renamed: Dict[str, str],
+                    removed: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of the saved config ``values`` whose flat fields ``renamed`` (old name -> field of the
+    nested config ``base``) become ``values[name] = replace(base, ...)``; the ``removed`` fields are
+    dropped where they hold the constant that replaced them (else ``ValueError``)."""
+    values = dict(values)
+    for old, constant in removed.items():
+        if values.pop(old, constant) != constant:
+            raise ValueError(f"{old} other than {constant} is no longer supported")
+    old = {new: values.pop(field) for field, new in renamed.items() if field in values}
+    if old:
+        values[name] = dataclasses.replace(base, **old)
+    return values
 
 
 @dataclass

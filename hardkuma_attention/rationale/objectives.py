@@ -36,7 +36,6 @@ expected/measured selection rate, multipliers).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -48,7 +47,7 @@ from torch import nn
 from ..config import ControllerConfig
 from ..distributions import HardKumaraswamy
 from ..functional import expected_l0, expected_transitions, masked_mean, nonzero_rate
-from .models import RationaleOutput
+from .models import RationaleOutput, nest_old_fields
 
 __all__ = [
     "ObjectiveConfig",
@@ -173,13 +172,8 @@ class ObjectiveConfig:
         (``lagrange_lr``, ``lagrange_alpha``, ``lambda_init``, ``lambda_max``, ``equality``,
         ``lagrange_damping``, ``selection_measure``, ``constraint_warmup``; the defaults they had
         are the "rationale" preset's)."""
-        values = dict(values)
-        if values.pop("baseline_decay", BASELINE_DECAY) != BASELINE_DECAY:
-            raise ValueError(f"baseline_decay other than {BASELINE_DECAY} is no longer supported")
-        old = {new: values.pop(name) for name, new in _OLD_CONTROLLER_FIELDS.items() if name in values}
-        if old:
-            values["controller"] = dataclasses.replace(ControllerConfig.preset("rationale"), **old)
-        return cls(**values)
+        return cls(**nest_old_fields(values, "controller", ControllerConfig.preset("rationale"),
+                                     _OLD_CONTROLLER_FIELDS, {"baseline_decay": BASELINE_DECAY}))
 
 
 # ObjectiveConfig fields before ControllerConfig -> ControllerConfig fields.
