@@ -1,6 +1,6 @@
 r"""The command line of the package: ``hardkuma-rationale`` (the top layer; nothing imports it).
 
-Layers (see docs/ARCHITECTURE.md): core <- :mod:`hardkuma_attention.rationale` <-
+Layers: core <- :mod:`hardkuma_attention.rationale` <-
 :mod:`hardkuma_attention.explain` <- this package.  Every argparse parser, ``cmd_*`` function,
 exit code and output-folder check lives here; the libraries below take plain arguments.
 
