@@ -57,7 +57,7 @@ def read_checked(args, label_maps: Sequence = ()) -> list:
 def load_models(specs: Sequence[str], flag: str) -> List[Tuple[str, str, object]]:
     """``NAME=PATH`` specs -> ``(name, path, pipeline)``, every model loaded (and so checked)
     before any work; a spec without ``=`` is a ``flag`` error."""
-    from ..rationale.train import load_pipeline
+    from ..rationale.checkpoints import load_pipeline
 
     models = []
     for spec in specs:

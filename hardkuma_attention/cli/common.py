@@ -51,7 +51,7 @@ def run_command(prog: str, command, args) -> int:
     missing or unusable file or a missing extra becomes one line ``<prog>: error: <message>`` on
     stderr and exit code 2, no traceback (``--debug``: the traceback).  torch's thread count and
     flush-denormal state are restored afterwards (:mod:`~hardkuma_attention.rationale.settings`)."""
-    from ..rationale.train import ModelFileError
+    from ..rationale.checkpoints import ModelFileError
     from ..rationale.data import DataFormatError
     from ..rationale.distributed import LaunchError
     from ..rationale.extras import MissingExtra
@@ -175,7 +175,7 @@ def check_labels(task: str, train_path, train_ex, others: Sequence[tuple] = ()):
     training; regression labels finite numbers.  Raises
     :class:`~hardkuma_attention.rationale.data.DataFormatError` naming the first offending ``file:line``."""
     from ..rationale.data import DataFormatError
-    from ..rationale.train import LabelMap
+    from ..rationale.labels import LabelMap
 
     if task == "regression":
         for path, examples in [(train_path, train_ex), *others]:

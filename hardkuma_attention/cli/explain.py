@@ -209,7 +209,7 @@ def cmd_mask(args) -> int:
 
     from ..explain.text import evaluate_methods, markdown_table, rationale_model_row
     from ..rationale.io import write_json
-    from ..rationale.train import load_pipeline
+    from ..rationale.checkpoints import load_pipeline
 
     pipeline = load_pipeline(args.model)
     other = load_pipeline(args.rationale_model) if args.rationale_model else None
