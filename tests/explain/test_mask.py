@@ -95,7 +95,7 @@ def marker_problem(bsz=6, length=12, dim=8, seed=0):
 def test_recovers_planted_marker(parameterization, gate):
     torch.manual_seed(0)
     model, emb, valid, where = marker_problem()
-    cfg = MaskConfig(parameterization=parameterization, gate=gate, max_steps=300, l0_target=0.1)
+    cfg = MaskConfig(parameterization=parameterization, gate_type=gate, max_steps=300, l0_target=0.1)
     res = optimise_masks(model, emb, valid, config=cfg)
     assert (res.target == 1).all()
     rows = torch.arange(len(where))
