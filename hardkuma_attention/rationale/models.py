@@ -346,6 +346,8 @@ class RationaleModel(nn.Module):
             return torch.sigmoid(out.squeeze(-1))
         return out
 
+    finish_logits = _finish  # alias until the #13 merge
+
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Classifier output for given gates ``z`` ``(B, T)`` (e.g. a fixed 0/1 rationale mask for
         ERASER comprehensiveness / sufficiency)."""
