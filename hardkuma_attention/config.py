@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from .constraints import LagrangianConstraint
 from .distributions import DEFAULT_SUPPORT
-from .fused import ab_from_scores
+from .fused import DEFAULT_AB_RANGE, ab_from_scores
 
 __all__ = [
     "ControllerConfig",
@@ -57,12 +57,21 @@ __all__ = [
     "NORMALIZE_MODES",
     "AB_MAPS",
     "OBSERVE_MODES",
+    "check_normalize",
 ]
 
-DEFAULT_AB_RANGE: Tuple[float, float] = (1e-3, 100.0)
+# DEFAULT_AB_RANGE = (1e-3, 100.0) is defined beside the clamp map in :mod:`.fused` (which this
+# module imports) and re-exported here: the name every consumer uses.
 NORMALIZE_MODES = ("none", "sum", "softmax")
 AB_MAPS = ("clamp", "sigmoid")
 OBSERVE_MODES = ("expected", "decoded")
+
+
+def check_normalize(normalize: str) -> str:
+    """``normalize`` if it is one of :data:`NORMALIZE_MODES`, else a ``ValueError`` naming them."""
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    return normalize
 
 
 @dataclass(frozen=True)
@@ -177,8 +186,7 @@ class GateConfig:
     def __post_init__(self):
         object.__setattr__(self, "support", (float(self.support[0]), float(self.support[1])))
         object.__setattr__(self, "ab_range", (float(self.ab_range[0]), float(self.ab_range[1])))
-        if self.normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+        check_normalize(self.normalize)
         if self.ab_map not in AB_MAPS:
             raise ValueError(f"ab_map must be one of {AB_MAPS}, got {self.ab_map!r}")
         lo, hi = self.support
@@ -200,6 +208,30 @@ class GateConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def resolve(cls, gate: Union[None, str, "GateConfig"] = None, *, default: str = "attention",
+                owner: str = "gate", **keywords: Any) -> "GateConfig":
+        """The gate of a consumer that takes ``gate=`` beside its older per-field keywords.
+
+        ``gate``: a :class:`GateConfig`, a preset name, or None for the preset ``default``.
+        ``keywords``: fields (``normalize=``, ``support=``, ``ab_range=``, ...); None = not given.
+        Without ``gate`` the keywords override the default preset; with one, a keyword whose
+        value differs from the gate's is a ``ValueError`` naming it (``owner`` names the
+        consumer in the message), since the call would give two values for one setting.
+        """
+        if gate is None:
+            return cls.preset(default).replace(**keywords)
+        if isinstance(gate, str):
+            gate = cls.preset(gate)
+        elif not isinstance(gate, GateConfig):
+            raise TypeError(f"{owner}: gate must be a GateConfig or a preset name, got {type(gate).__name__}")
+        merged = gate.replace(**keywords)
+        clash = [k for k in keywords if keywords[k] is not None and getattr(merged, k) != getattr(gate, k)]
+        if clash:
+            said = ", ".join(f"{k}={keywords[k]!r} (gate: {getattr(gate, k)!r})" for k in clash)
+            raise ValueError(f"{owner}: gate= and {said} disagree; pass the setting once")
+        return gate
 
     def shape(self, score: torch.Tensor) -> torch.Tensor:
         """A shape parameter (``a`` or ``b``) in ``ab_range`` from an unconstrained score."""

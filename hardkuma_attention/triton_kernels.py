@@ -68,9 +68,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .config import DEFAULT_AB_RANGE
 from .distributions import DEFAULT_SUPPORT
-from .stats import AttentionStats, report_stats, stats_requested
-from .streaming import DROPOUT_STREAM, draw_seed
+from .stats import AttentionStats, reported
+from .streaming import DROPOUT_STREAM, check_call, prepare_call
 
 __all__ = [
     "scaled_dot_product_hardkuma_triton",
@@ -908,30 +909,13 @@ def hardkuma_attention_triton(qa, ka, qb, kb, v, bias=None, valid=None, *, call:
 
 
 def scaled_dot_product_hardkuma_triton(
-    qa: torch.Tensor,
-    ka: torch.Tensor,
-    qb: torch.Tensor,
-    kb: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    valid: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    is_causal: bool = False,
-    training: bool = False,
-    normalize: str = "none",
-    support: Tuple[float, float] = DEFAULT_SUPPORT,
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
-    dropout_p: float = 0.0,
-    need_weights: bool = False,
-    want_stats: bool = False,
-    stats_key: Optional[str] = None,
-    compile: Optional[bool] = None,
-    generator: Optional[torch.Generator] = None,
-    kernels=None,
-    block_q: Optional[int] = None,
-    block_k: Optional[int] = None,
-    kernel: Optional[KernelConfig] = None,
+    qa: torch.Tensor, ka: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, v: torch.Tensor, *,
+    scale: float, valid: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+    is_causal: bool = False, training: bool = False, normalize: str = "none",
+    support: Tuple[float, float] = DEFAULT_SUPPORT, ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
+    dropout_p: float = 0.0, need_weights: bool = False, want_stats: bool = False, stats_key: Optional[str] = None,
+    compile: Optional[bool] = None, generator: Optional[torch.Generator] = None, kernels=None,
+    block_q: Optional[int] = None, block_k: Optional[int] = None, kernel: Optional[KernelConfig] = None,
     backend: str = "triton",
 ) -> Tuple[torch.Tensor, None, Optional[AttentionStats]]:
     r""":func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` on the Triton kernels:
@@ -943,23 +927,15 @@ def scaled_dot_product_hardkuma_triton(
 
     Returns ``(out (..., T, dv), None, stats or None)``.
     """
-    if normalize not in _NORM_CODE:
-        raise ValueError(f"normalize must be one of {tuple(_NORM_CODE)}, got {normalize!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_call(normalize, dropout_p)
     why = unsupported_reason(qa, ka, qb, kb, v, valid, bias, need_weights=need_weights)
     if why is not None:
         raise ValueError(f"Triton HardKuma attention: {why}")
-    want_stats = want_stats or stats_requested()
-    seed = draw_seed(generator) if training else 0
+    want_stats, seed, dropout_p = prepare_call(normalize, dropout_p, training, want_stats, generator)
     call = _Call(
         scale=float(scale), normalize=normalize, training=bool(training), support=tuple(support),
-        ab_clamp=tuple(ab_clamp), dropout_p=float(dropout_p) if training else 0.0, is_causal=bool(is_causal),
-        want_stats=want_stats, seed=seed,
+        ab_clamp=tuple(ab_clamp), dropout_p=dropout_p, is_causal=bool(is_causal), want_stats=want_stats, seed=seed,
         kernel=kernel or KernelConfig.default(max(qa.shape[-1], qb.shape[-1], v.shape[-1])),
     )
     out, l0, nonzero, cells = hardkuma_attention_triton(qa, ka, qb, kb, v, bias, valid, call=call)
-    stats = AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None
-    if stats is not None:
-        report_stats(stats)
-    return out, None, stats
+    return out, None, reported(AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None)
