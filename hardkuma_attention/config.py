@@ -74,8 +74,34 @@ def check_normalize(normalize: str) -> str:
     return normalize
 
 
+class _Presets:
+    """``preset`` / ``replace`` / ``to_dict`` of a frozen configuration dataclass whose named
+    presets are the table :meth:`_table` returns (``_KIND`` names it in errors)."""
+
+    _KIND = ""
+
+    @classmethod
+    def _table(cls) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        """The named preset with ``overrides`` replaced (unknown names: ``ValueError`` listing them)."""
+        table = cls._table()
+        if name not in table:
+            raise ValueError(f"unknown {cls._KIND} preset {name!r}; choose one of {sorted(table)}")
+        return dataclasses.replace(table[name], **overrides)
+
+    def replace(self, **overrides: Any):
+        """A copy with ``overrides`` (None values are ignored, so unset CLI flags keep the preset)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class ControllerConfig:
+class ControllerConfig(_Presets):
     """The Lagrangian controller of one constraint (the target is the consumer's: it is a
     property of the constraint, not of the controller).
 
@@ -122,19 +148,11 @@ class ControllerConfig:
             return float(self.lambda_init)
         return 0.0 if self.equality else 1e-3
 
+    _KIND = "controller"
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ControllerConfig":
-        """The named preset (:data:`CONTROLLER_PRESETS`) with ``overrides`` replaced."""
-        if name not in CONTROLLER_PRESETS:
-            raise ValueError(f"unknown controller preset {name!r}; choose one of {sorted(CONTROLLER_PRESETS)}")
-        return dataclasses.replace(CONTROLLER_PRESETS[name], **overrides)
-
-    def replace(self, **overrides: Any) -> "ControllerConfig":
-        """A copy with ``overrides`` (None values are ignored, so unset CLI flags keep the preset)."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _table(cls) -> Dict[str, "ControllerConfig"]:
+        return CONTROLLER_PRESETS
 
     def build(
         self, target: float, *, valid_range: Optional[Tuple[float, float]] = None, process_group: Any = None,
@@ -168,7 +186,7 @@ CONTROLLER_PRESETS: Dict[str, ControllerConfig] = {
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(_Presets):
     """How scores become HardKuma gates (see the module docstring).
 
     Args:
@@ -195,19 +213,11 @@ class GateConfig:
         if not (0.0 < self.ab_range[0] < self.ab_range[1]):
             raise ValueError(f"ab_range must satisfy 0 < lo < hi, got {self.ab_range}")
 
+    _KIND = "gate"
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GateConfig":
-        """The named preset (:data:`GATE_PRESETS`) with ``overrides`` replaced."""
-        if name not in GATE_PRESETS:
-            raise ValueError(f"unknown gate preset {name!r}; choose one of {sorted(GATE_PRESETS)}")
-        return dataclasses.replace(GATE_PRESETS[name], **overrides)
-
-    def replace(self, **overrides: Any) -> "GateConfig":
-        """A copy with ``overrides`` (None values are ignored)."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _table(cls) -> Dict[str, "GateConfig"]:
+        return GATE_PRESETS
 
     @classmethod
     def resolve(cls, gate: Union[None, str, "GateConfig"] = None, *, default: str = "attention",

@@ -266,10 +266,9 @@ def scaled_dot_product_hardkuma(
     With ``need_weights=False`` this streams (:mod:`hardkuma_attention.streaming`): (query block
     x key block) tiles, nothing of size T x S allocated or saved, the backward recomputes the
     scores and regenerates the noise.  With ``need_weights=True`` the weights are materialised
-    (differentiable) from the same noise, so both give the same values.  The noise of cell
+    (differentiable) from the same noise, so both give the same values: the noise of cell
     ``(bh, i, j)`` is :func:`~hardkuma_attention.streaming.counter_uniform` of one seed per call
-    drawn from ``generator`` (default: torch's global generator) in training; dropout draws from
-    a second stream of the same seed.
+    drawn from ``generator`` in training (dropout: a second stream of the same seed).
 
     Shapes: ``qa`` (..., T, da), ``ka`` (..., S, da), ``qb`` (..., T, db), ``kb`` (..., S, db),
     ``v`` (..., S, dv); ``valid`` (bool, True = allowed) and ``bias`` (added to ``score_a``)
@@ -280,9 +279,8 @@ def scaled_dot_product_hardkuma(
     ``weights`` come back in the inputs' dtype.
 
     ``compile``: None (auto: compiled tile kernels for large calls when ``torch.compile`` works,
-    else eager with a one-time warning), True or False; ``kernels`` (a
-    :class:`~hardkuma_attention.streaming.TileKernels`) overrides it.  ``block_q`` / ``block_k``:
-    tile sizes (default from a cell budget; results do not depend on them beyond round-off).
+    else eager with a one-time warning), True or False; ``kernels`` (a :class:`TileKernels`)
+    overrides it.  ``block_q`` / ``block_k``: tile sizes (results do not depend on them).
     ``backend``: ``"auto"`` (CUDA tensors go to the Triton kernels of
     :mod:`hardkuma_attention.triton_kernels` when triton is importable and the call is one they
     take, see ``triton_kernels.unsupported_reason``; everything else to the path above),
@@ -304,9 +302,8 @@ def scaled_dot_product_hardkuma(
     del options["generator"], options["need_weights"]
     if need_weights:
         return _whole_map_call(qa, ka, qb, kb, v, seed=seed, **options)
-    kernels = kernels if kernels is not None else default_kernels(compile)
-    return _streaming_call(qa, ka, qb, kb, v, seed=seed, block_q=block_q, block_k=block_k, kernels=kernels,
-                           **options)
+    return _streaming_call(qa, ka, qb, kb, v, seed=seed, block_q=block_q, block_k=block_k,
+                           kernels=kernels if kernels is not None else default_kernels(compile), **options)
 
 
 def _whole_map_call(qa, ka, qb, kb, v, *, scale, valid, bias, is_causal, training, normalize, support, ab_clamp,
