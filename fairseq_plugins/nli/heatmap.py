@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Draw the attention matrix of one premise/hypothesis pair as a PNG heatmap.
 
-    python recipes/snli/heatmap.py CHECKPOINT --data runs/snli/bin --out pair.png \\
+    python -m fairseq_plugins.nli.heatmap CHECKPOINT --data runs/snli/bin --out pair.png \\
         (--premise "A man plays a guitar." --hypothesis "A person makes music." | --index 3 [--text runs/snli/text])
 
 Rows are premise words, columns hypothesis words (NULL first when the model has a NULL token);
@@ -14,12 +13,8 @@ import argparse
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))  # the repository root (fairseq_plugins)
-from prepare_data import tokenize  # noqa: E402
-
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from ..common.cli import ranged
+from .prepare_data import tokenize
 
 
 def _fail(message: str):

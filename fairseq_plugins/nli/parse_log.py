@@ -1,12 +1,11 @@
-#!/usr/bin/env python
 """Read fairseq logs of the SNLI recipe.
 
-``parse_log.py validate LOG --split S``: print the ``accuracy= nonzero= pairs= split=`` line of a
+``python -m fairseq_plugins.nli.parse_log validate LOG --split S``: print the ``accuracy= nonzero= pairs= split=`` line of a
 ``fairseq-validate`` log (pairs: the size of the split's label dataset, as fairseq loaded it).
-``parse_log.py train LOG``: print ``words_per_s=<median over epochs of the epoch-average wps>
+``python -m fairseq_plugins.nli.parse_log train LOG``: print ``words_per_s=<median over epochs of the epoch-average wps>
 best_valid_accuracy=<%> epochs=<n>`` of a ``fairseq-train`` log (resumed runs append to the same
 log: each epoch counts once).
-``parse_log.py overlap LOG_A LOG_B``: ``words_per_s_a=.. words_per_s_b=.. ratio_b_over_a=.. intervals=n``
+``python -m fairseq_plugins.nli.parse_log overlap LOG_A LOG_B``: ``words_per_s_a=.. words_per_s_b=.. ratio_b_over_a=.. intervals=n``
 where both are the median of the ``train_inner`` wps values logged while BOTH trainings were
 running (timestamps up to the earlier of the two last ``train_inner`` lines): two runs started
 together then compare under the same load, and the run that finishes later is not credited with

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Turn official SNLI / MultiNLI ``*.jsonl`` files into the plain-text layout of the ``nli`` task.
 
 For every split it writes ``OUT/{split}.input0`` (premise), ``OUT/{split}.input1`` (hypothesis)
@@ -9,7 +8,7 @@ malformed line or a missing field is an error naming ``file:line``.
 
 Usage::
 
-    python recipes/snli/prepare_data.py --out DIR \\
+    python -m fairseq_plugins.nli.prepare_data --out DIR \\
         --split train=snli_1.0_train.jsonl[,multinli_1.0_train.jsonl] --split valid=snli_1.0_dev.jsonl \\
         [--max-examples train=6520] [--seed 1]
 

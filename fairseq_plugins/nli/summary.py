@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """The summary table of ``recipes/snli/run.sh`` from the files of a run directory (no training).
 
-    python recipes/snli/summary.py SNLI_WORK [--seed 1] [--max-epoch 12] [--hardkuma-args ARGS]
+    python -m fairseq_plugins.nli.summary SNLI_WORK [--seed 1] [--max-epoch 12] [--hardkuma-args ARGS]
 
 Reads, for ``softmax`` and ``hardkuma``: ``SNLI_WORK/<att>/eval.valid.txt`` (the line of
-``evaluate.sh``), ``train.log`` (words/s: ``parse_log.py``) and ``train.stats`` (``seconds=``
+``evaluate.sh``), ``train.log`` (words/s: :mod:`fairseq_plugins.nli.parse_log`) and ``train.stats`` (``seconds=``
 of the finished training invocations, ``parallel=1`` when both trained side by side; written by
 ``recipes/fairseq_runs.sh``); and the pair counts of ``SNLI_WORK/text/{train,valid}.label``.
 Writes ``SNLI_WORK/summary.md`` (temp file, then rename) and prints it.  Reading only finished
@@ -17,8 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from parse_log import overlap_wps, train_summary  # noqa: E402
+from .parse_log import overlap_wps, train_summary
 
 ATTENTIONS = ("softmax", "hardkuma")
 

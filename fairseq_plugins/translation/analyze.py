@@ -1,14 +1,14 @@
 r"""Look inside a trained Multi30k model: attention sparsity and a cross-attention heatmap.
 
-    python recipes/multi30k/analyze.py sparsity --data-bin DIR --path CKPT [--subset test] [--json OUT]
+    python -m fairseq_plugins.translation.analyze sparsity --data-bin DIR --path CKPT [--subset test] [--json OUT]
         Teacher-forced pass over the references of a split, one sentence pair at a time (so no
         padding enters the counts), in eval mode (deterministic HardKuma gates).  Prints, per
         attention type (encoder_self / decoder_self / cross), the % of valid attention cells
         (all layers and heads) whose weight is exactly non-zero and the expected L0.
-    python recipes/multi30k/analyze.py heatmap --data-bin DIR --path CKPT --index 0 --out PNG
+    python -m fairseq_plugins.translation.analyze heatmap --data-bin DIR --path CKPT --index 0 --out PNG
         Translates sentence ``index`` of the split with beam search, then draws the cross-attention
         of the last decoder layer (each head and their mean) over the generated tokens.
-    python recipes/multi30k/analyze.py rows --data-bin DIR --path CKPT [--subset test] [--json OUT]
+    python -m fairseq_plugins.translation.analyze rows --data-bin DIR --path CKPT [--subset test] [--json OUT]
         (or ``sparsity ... --rows-json OUT``: both from one model load, as evaluate.sh does)
         Same teacher-forced eval pass; per decoder layer, over the cross-attention rows (one row =
         one target token x head): % of rows with no non-zero weight (the head reads nothing from
@@ -33,14 +33,11 @@ from typing import Dict, Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import fairseq_plugins  # noqa: F401  (registers the model; checkpoint loading on torch >= 2.6)
+from hardkuma_attention import collect_attention_stats
 
-import fairseq_plugins  # noqa: E402,F401  (registers the model; checkpoint loading on torch >= 2.6)
-from fairseq_plugins.checkpoints import cli_errors  # noqa: E402
-from hardkuma_attention import collect_attention_stats  # noqa: E402
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from ..checkpoints import cli_errors
+from ..common.cli import ranged
 
 
 def load(data_bin: Path, path: Path, subset: str):

@@ -1,10 +1,10 @@
 r"""Text processing of the Multi30k recipe: Moses tokenisation + a joint SentencePiece model.
 
-    python recipes/multi30k/text.py prepare --raw-dir DIR --out-dir OUT [--vocab-size 8000] [--max-train N] [--max-eval N]
+    python -m fairseq_plugins.translation.text prepare --raw-dir DIR --out-dir OUT [--vocab-size 8000] [--max-train N] [--max-eval N]
         reads DIR/{train,val,test_2016_flickr}.{de,en}[.gz], writes OUT/spm.model and
         OUT/{train,valid,test}.{de,en} (space-separated pieces) for fairseq-preprocess, and
         OUT/raw/{train,valid,test}.{de,en} (the untouched reference text).
-    python recipes/multi30k/text.py detok --spm OUT/spm.model --lang en < pieces > text
+    python -m fairseq_plugins.translation.text detok --spm OUT/spm.model --lang en < pieces > text
         pieces -> SentencePiece decode -> Moses detokenisation, one line per line.
 
 Pipeline per line: ``MosesPunctNormalizer`` -> ``MosesTokenizer(escape=False)`` -> SentencePiece
@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
-from hardkuma_attention.rationale.cli import ranged  # noqa: E402
+from ..common.cli import ranged
 
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 LANGS = ("de", "en")

@@ -50,7 +50,6 @@ NPROC="${NPROC:-1}"
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || { echo "train.sh: NPROC=$NPROC: expected a positive integer" >&2; exit 2; }
 TRAIN=(fairseq-train)
 if [[ "$NPROC" -gt 1 ]]; then
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" -m fairseq_plugins.launch)
 fi
 
@@ -64,7 +63,8 @@ CONTROLLER_ARGS=()
 
 # shellcheck disable=SC1091
 . "$ROOT/recipes/fairseq_runs.sh"
-args=("$DATA_BIN" --user-dir "$ROOT/fairseq_plugins"
+USER_DIR="$(fairseq_user_dir)" || exit 2
+args=("$DATA_BIN" --user-dir "$USER_DIR"
   --task translation --source-lang de --target-lang en
   --arch "${ARCH:-transformer_hardkuma_small}" --share-all-embeddings
   "${ATTN_ARGS[@]}" --hardkuma-normalize "${NORMALIZE:-softmax}"

@@ -123,15 +123,10 @@ def test_softmax_model_reports_no_stats(data_dir):
 @torch.no_grad()
 @pytest.mark.parametrize("attention", ["none", "cross"])
 def test_cross_attention_recorder_leaves_the_model_unchanged(data_dir, attention):
-    """recipes/multi30k/analyze.py's recorder: per-head cross-attention of every decoder layer,
-    same model outputs (and same returned attention) as without it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / "multi30k" / "analyze.py"
-    spec = importlib.util.spec_from_file_location("multi30k_analyze", path)
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
+    """fairseq_plugins.translation.analyze's recorder (recipes/multi30k/evaluate.sh): per-head
+    cross-attention of every decoder layer, same model outputs (and same returned attention) as
+    without it."""
+    from fairseq_plugins.translation import analyze
 
     task, model, _ = build(data_dir, attention)
     model.eval()
