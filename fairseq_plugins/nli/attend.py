@@ -41,7 +41,7 @@ from torch import nn
 from hardkuma_attention.config import GateConfig
 from hardkuma_attention.functional import normalize_gates, scaled_dot_product_hardkuma
 
-from ..common.gates import attention_gate, core_gate_kwargs
+from ..common.gates import GateOptions, attention_gate, core_gate_kwargs
 
 __all__ = ["FeedForward", "TwinFeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY", "ATTEND_MLPS"]
 
@@ -121,7 +121,7 @@ class SoftmaxAttend(nn.Module):
         return Alignment(to_h, to_p, to_h)
 
 
-class HardKumaAttend(nn.Module):
+class HardKumaAttend(GateOptions, nn.Module):
     """HardKuma attend step; see the module docstring.  ``stats_key`` labels its AttentionStats.
 
     ``gate``: a :class:`~hardkuma_attention.config.GateConfig` (default: the ``"attention"``
@@ -148,18 +148,6 @@ class HardKumaAttend(nn.Module):
                                    ab_clamp=ab_clamp)
         self.f_ab = TwinFeedForward(dim, hidden_dim, dropout, shared=(mlp == "shared"))
         self.stats_key = stats_key
-
-    @property
-    def normalize(self) -> str:
-        return self.gate.normalize
-
-    @property
-    def support(self) -> Tuple[float, float]:
-        return self.gate.support
-
-    @property
-    def ab_clamp(self) -> Tuple[float, float]:
-        return self.gate.ab_range
 
     def extra_repr(self) -> str:
         return f"normalize={self.normalize!r}, support={self.support}, ab_clamp={self.ab_clamp}"

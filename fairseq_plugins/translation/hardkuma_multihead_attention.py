@@ -48,7 +48,7 @@ from hardkuma_attention.config import GateConfig
 from hardkuma_attention.functional import scaled_dot_product_hardkuma
 from hardkuma_attention.masks import is_causal_mask, merge_masks as merge_core_masks
 
-from ..common.gates import attention_gate, core_gate_kwargs
+from ..common.gates import GateOptions, attention_gate, core_gate_kwargs
 
 __all__ = ["HardKumaMultiheadAttention", "merge_masks"]
 
@@ -105,7 +105,7 @@ def merge_masks(
     )
 
 
-class HardKumaMultiheadAttention(MultiheadAttention):
+class HardKumaMultiheadAttention(GateOptions, MultiheadAttention):
     """Drop-in for ``fairseq.modules.MultiheadAttention`` with HardKuma gates (see module doc).
 
     Extra args: ``gate`` (a :class:`~hardkuma_attention.config.GateConfig`; default the
@@ -144,18 +144,6 @@ class HardKumaMultiheadAttention(MultiheadAttention):
         self.gate = attention_gate(gate, default_normalize="sum", normalize=normalize, support=support,
                                    ab_clamp=ab_clamp)
         self.stats_key = stats_key
-
-    @property
-    def normalize(self) -> str:
-        return self.gate.normalize
-
-    @property
-    def support(self) -> Tuple[float, float]:
-        return self.gate.support
-
-    @property
-    def ab_clamp(self) -> Tuple[float, float]:
-        return self.gate.ab_range
 
     def extra_repr(self) -> str:
         return (
