@@ -29,7 +29,10 @@ setup(
     description="HardKuma (rectified stretched Kumaraswamy) gates and sparse attention for PyTorch and fairseq",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["hardkuma_attention", "hardkuma_attention.*"]),
+    # fairseq_plugins: the fairseq tasks/models/criteria (needs the "fairseq" extra); installed so that
+    # `fairseq-train --user-dir $(python -c "import fairseq_plugins, os; print(os.path.dirname(
+    # fairseq_plugins.__file__))")` points at the installed package (fairseq imports only its .py files)
+    packages=find_packages(include=["hardkuma_attention", "hardkuma_attention.*", "fairseq_plugins", "fairseq_plugins.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.1"],
     extras_require=EXTRAS,

@@ -1,5 +1,5 @@
 """Why the transition (fused-lasso) constraint collapses a selection: per-step diagnostics on the
-synthetic span task (tests/rationale/synthetic.py ``span_examples``: a 5-token phrase in a 40-token
+synthetic span task (:func:`hardkuma_attention.rationale.synthetic.span_examples`: a 5-token phrase in a 40-token
 text decides the label).
 
 Trains a small HardKuma rationale model with the given objective settings and prints, every
@@ -18,16 +18,13 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rationale"))
-from synthetic import span_examples  # noqa: E402
-
-from hardkuma_attention.rationale import LabelMap, ModelConfig, ObjectiveConfig, Pipeline, RationaleModel  # noqa: E402
-from hardkuma_attention.rationale import RationaleObjective  # noqa: E402
-from hardkuma_attention.rationale.embeddings import build_vocab  # noqa: E402
+from hardkuma_attention.rationale import LabelMap, ModelConfig, ObjectiveConfig, Pipeline, RationaleModel
+from hardkuma_attention.rationale import RationaleObjective
+from hardkuma_attention.rationale.embeddings import build_vocab
+from hardkuma_attention.rationale.synthetic import span_examples
 
 STEP_KEYS = ["task_loss", "selected", "decoded_selected", "expected_transitions", "lambda_selection",
              "lambda_lasso", "lasso_active"]

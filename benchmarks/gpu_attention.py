@@ -61,9 +61,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None):
@@ -425,9 +422,9 @@ def count_table(counts: dict) -> str:
 
 
 def _counts_via_subprocess() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    code = ("import json, sys; sys.path.insert(0, %r); import gpu_attention as g; print(json.dumps(g.count_ops()))"
-            % str(Path(__file__).parent))
+    env = dict(os.environ, TRITON_INTERPRET="1")  # hardkuma_attention: installed or on PYTHONPATH
+    code = ("import json, runpy; g = runpy.run_path(%r); print(json.dumps(g['count_ops']()))"
+            % str(Path(__file__).resolve()))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

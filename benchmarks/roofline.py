@@ -71,13 +71,15 @@ def tile_inputs(cells: int):
 
 def kernel_times(cells: int, reps: int, compile_mode: str) -> dict:
     from hardkuma_attention import streaming as st
+    from hardkuma_attention.config import DEFAULT_AB_RANGE
+    from hardkuma_attention.distributions import DEFAULT_SUPPORT
 
     kernels = st.TileKernels(compile={"auto": None, "on": True, "off": False}[compile_mode])
     compiled = kernels.use_compiled(cells)
     sa, sb, hrow, kcol = tile_inputs(cells)
     n = sa.numel()
-    lo, hi, amin, amax = -0.1, 1.1, 1e-3, 100.0
-    lk0 = float(torch.log(torch.tensor(0.1 / 1.2)))
+    (lo, hi), (amin, amax) = DEFAULT_SUPPORT, DEFAULT_AB_RANGE
+    lk0 = float(torch.log(torch.tensor(-lo / (hi - lo))))
     dw = torch.randn_like(sa)
     g_l0 = torch.tensor(0.3)
 

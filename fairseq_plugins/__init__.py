@@ -1,4 +1,9 @@
-"""fairseq plugin package: ``fairseq-train --user-dir fairseq_plugins ...``.
+"""fairseq plugin package: ``fairseq-train --user-dir <this folder> ...``.
+
+Installed by ``pip install hardkuma-attention[fairseq]`` (``setup.py`` installs it beside
+``hardkuma_attention``); its folder is
+``python -c "import fairseq_plugins, os; print(os.path.dirname(fairseq_plugins.__file__))"``
+(``recipes/fairseq_runs.sh``: ``fairseq_user_dir``).
 
 Importing it registers the tasks, models, architectures and criteria of this project with fairseq
 (each subpackage registers its own on import).  Built on :mod:`hardkuma_attention`.
@@ -10,7 +15,12 @@ so that full pickle is used inside that call only (:mod:`fairseq_plugins.checkpo
 fairseq-generate, fairseq-validate, resume / ``--restore-file`` and
 :class:`~fairseq_plugins.nli.predict.NLIPredictor` load through it.  Only load checkpoints you trust.
 """
-from . import checkpoints
+try:
+    import fairseq  # noqa: F401
+except ImportError as e:  # installed by `pip install hardkuma-attention` without the fairseq extra
+    raise ImportError('fairseq_plugins needs fairseq: pip install "hardkuma-attention[fairseq]"') from e
+
+from . import checkpoints  # noqa: E402
 
 checkpoints.install()
 

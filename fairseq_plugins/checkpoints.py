@@ -14,8 +14,8 @@ load only fairseq checkpoints you trust.
 
 A file that is not a readable fairseq checkpoint (missing, empty, truncated, another program's
 ``.pt``) raises :class:`CheckpointError` with one line naming the file, never the advice to
-disable safe loading.  The plugin's own command lines (``recipes/snli/heatmap.py``,
-``recipes/multi30k/analyze.py``; :func:`cli_errors`) print that line as ``<prog>: error: ...`` and
+disable safe loading.  The plugin's own command lines (:mod:`fairseq_plugins.nli.heatmap`,
+:mod:`fairseq_plugins.translation.analyze`; :func:`cli_errors`) print that line as ``<prog>: error: ...`` and
 exit with code 2, no traceback (``--debug`` shows it).  fairseq's own console scripts
 (``fairseq-train --restore-file``, ``fairseq-generate --path``, ``fairseq-validate --path``) are
 not forked: they end with fairseq's traceback, whose last line is the same one-line

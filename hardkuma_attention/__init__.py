@@ -4,7 +4,7 @@ Bastings, Aziz & Titov (ACL 2019), "Interpretable Neural Predictions with Differ
 Variables".  This package never imports fairseq; see ``fairseq_plugins`` for that.
 """
 from .attention import HardKumaAttention
-from .config import ControllerConfig, GateConfig
+from .config import DEFAULT_AB_RANGE, ControllerConfig, GateConfig
 from .constraints import LagrangianConstraint
 from .convert import convert
 from .distributions import DEFAULT_SUPPORT, HardKuma, HardKumaraswamy, Kumaraswamy
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionStats",
     "ControllerConfig",
+    "DEFAULT_AB_RANGE",
     "DEFAULT_SUPPORT",
     "GateConfig",
     "HardKuma",

@@ -3,7 +3,10 @@ r"""``HardKumaAttention``: a drop-in for ``torch.nn.MultiheadAttention`` with Ha
 Each (query, key) cell of each head gets a gate ``z ~ HardKuma(a, b)`` instead of a softmax
 probability.  ``a`` and ``b`` come from two bilinear score maps::
 
-    a = clamp(softplus(score_a), *ab_clamp)     b = clamp(softplus(score_b), *ab_clamp)
+    a = clamp(softplus(score_a), *ab_range)     b = clamp(softplus(score_b), *ab_range)
+
+(``gate``: a :class:`~hardkuma_attention.config.GateConfig` with the clamp map; ``ab_range`` is
+the older keyword ``ab_clamp``, default :data:`~hardkuma_attention.config.DEFAULT_AB_RANGE`.)
 
 ``a`` large pushes the gate towards 1, ``b`` large towards 0.  Two parameterisations:
 
@@ -22,19 +25,69 @@ keys are all disallowed gets all-zero weights (and a zero attention output befor
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .distributions import DEFAULT_SUPPORT
-from .functional import BACKENDS, NORMALIZE_MODES, scaled_dot_product_hardkuma
+from .config import GateConfig
+from .functional import BACKENDS, scaled_dot_product_hardkuma
 from .masks import MASKED_SCORE, merge_masks  # MASKED_SCORE re-exported here
 
-__all__ = ["HardKumaAttention", "MASKED_SCORE"]
+__all__ = ["HardKumaAttention", "attention_gate", "MASKED_SCORE"]
 
 PARAMETERIZATIONS = ("split", "separate")
+
+
+def _check_arguments(embed_dim, num_heads, add_bias_kv, add_zero_attn, parameterization, dropout, compile,
+                     backend) -> None:
+    """The constructor's checks of everything but the gate (``ValueError`` / ``NotImplementedError``)."""
+    if embed_dim <= 0 or num_heads <= 0:
+        raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim} and {num_heads}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+    if add_bias_kv or add_zero_attn:
+        raise NotImplementedError("HardKumaAttention does not support add_bias_kv / add_zero_attn")
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    if parameterization == "split" and (embed_dim // num_heads) % 2:
+        raise ValueError(f'parameterization="split" needs an even head dim, got {embed_dim // num_heads}')
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if compile not in (None, True, False):
+        raise ValueError(f"compile must be None (auto), True or False, got {compile!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def attention_gate(gate: Union[None, str, GateConfig] = None, normalize: Optional[str] = None,
+                   support: Optional[Tuple[float, float]] = None,
+                   ab_clamp: Optional[Tuple[float, float]] = None, owner: str = "HardKumaAttention") -> GateConfig:
+    """The :class:`GateConfig` of an attention layer from ``gate`` (a GateConfig, a preset name or
+    None: the ``"attention"`` preset) and the older keywords (None = not given; ``ab_clamp`` is
+    ``ab_range``); a keyword that contradicts ``gate`` is a ``ValueError``
+    (:meth:`GateConfig.resolve`), and so is the sigmoid a/b map, which the attention kernels
+    (softplus and clamp) do not compute."""
+    cfg = GateConfig.resolve(gate, owner=owner, normalize=normalize, support=support, ab_range=ab_clamp)
+    if cfg.ab_map != "clamp":
+        raise ValueError(f"{owner}: the attention layers compute a, b = clamp(softplus(score)); "
+                         f"gate.ab_map must be 'clamp', got {cfg.ab_map!r}")
+    return cfg
+
+
+def _batched(query, key, value, key_padding_mask):
+    """Unbatched ``(T, E)`` inputs as ``(T, 1, E)`` (and their ``(S,)`` key padding mask as
+    ``(1, S)``); returns them with ``unbatched``.  Checks the ranks and the key/value shapes."""
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    elif query.dim() != 3:
+        raise ValueError(f"query must be 2-D or 3-D, got {query.dim()}-D")
+    if key.shape[:2] != value.shape[:2]:
+        raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in batch/length")
+    return query, key, value, key_padding_mask, unbatched
 
 
 class HardKumaAttention(nn.Module):
@@ -45,7 +98,12 @@ class HardKumaAttention(nn.Module):
     ``add_bias_kv`` and ``add_zero_attn`` are not supported.
 
     Extra args:
-        normalize: "none" (default, as in the paper: the raw gates in [0, 1] weight the values),
+        gate: a :class:`~hardkuma_attention.config.GateConfig` (clamp map) or a preset name;
+            None: the ``"attention"`` preset (normalize "none", support ``(-0.1, 1.1)``, a/b range
+            ``(1e-3, 100)``), with any of the three keywords below replacing its field.  Giving
+            ``gate`` and a keyword that disagrees with it is a ``ValueError``.  Read back as
+            ``module.gate`` (and ``module.normalize`` / ``support`` / ``ab_clamp``).
+        normalize: "none" (as in the paper: the raw gates in [0, 1] weight the values),
             "sum" (gates divided by their row sum, so outputs have the scale of softmax attention)
             or "softmax" (gate × softmax(score_a), renormalised).  Note that with "sum" a row with
             a single open gate has weight 1 whatever the gate's value, so the task loss gives no
@@ -53,7 +111,7 @@ class HardKumaAttention(nn.Module):
             synthetic one-key task (tests/test_core_learning.py) "sum" collapses below the
             target and loses accuracy where "none" reaches 100 %.
         support: HardKuma stretch interval ``(l, r)``.
-        ab_clamp: bounds of ``a`` and ``b``.
+        ab_clamp: bounds of ``a`` and ``b`` (``gate.ab_range``).
         parameterization: "split" or "separate" (see the module docstring).
         stats_key: label put on the :class:`AttentionStats` this module produces.
         compile: None (default, "auto"): the tile kernels of large calls run through
@@ -95,61 +153,64 @@ class HardKumaAttention(nn.Module):
         batch_first: bool = False,
         device=None,
         dtype=None,
-        normalize: str = "none",
-        support: Tuple[float, float] = DEFAULT_SUPPORT,
-        ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+        normalize: Optional[str] = None,
+        support: Optional[Tuple[float, float]] = None,
+        ab_clamp: Optional[Tuple[float, float]] = None,
         parameterization: str = "split",
         stats_key: Optional[str] = None,
         compile: Optional[bool] = None,
         backend: str = "auto",
+        gate: Union[None, str, GateConfig] = None,
     ):
         super().__init__()
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(f"embed_dim and num_heads must be > 0, got {embed_dim} and {num_heads}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("HardKumaAttention does not support add_bias_kv / add_zero_attn")
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-        head_dim = embed_dim // num_heads
-        if parameterization == "split" and head_dim % 2:
-            raise ValueError(f'parameterization="split" needs an even head dim, got {head_dim}')
-        if not (0 < ab_clamp[0] < ab_clamp[1]):
-            raise ValueError(f"ab_clamp must satisfy 0 < min < max, got {ab_clamp}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        fk = {"device": device, "dtype": dtype}
+        _check_arguments(embed_dim, num_heads, add_bias_kv, add_zero_attn, parameterization, dropout, compile,
+                         backend)
+        self.gate = attention_gate(gate, normalize, support, ab_clamp)
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
         self.num_heads = num_heads
-        self.head_dim = head_dim
+        self.head_dim = embed_dim // num_heads
         self.dropout = float(dropout)
         self.batch_first = batch_first
-        self.normalize = normalize
-        self.support = (float(support[0]), float(support[1]))
-        self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
         self.parameterization = parameterization
         self.stats_key = stats_key
-        if compile not in (None, True, False):
-            raise ValueError(f"compile must be None (auto), True or False, got {compile!r}")
         self.compile = compile
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **fk)
-        if parameterization == "separate":
-            self.q_proj_b = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
-            self.k_proj_b = nn.Linear(self.kdim, embed_dim, bias=bias, **fk)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **fk)
+        self._build_projections(bias, {"device": device, "dtype": dtype})
+        self._reset_parameters()
+
+    def _build_projections(self, bias: bool, fk: dict) -> None:
+        E = self.embed_dim
+        self.q_proj = nn.Linear(E, E, bias=bias, **fk)
+        self.k_proj = nn.Linear(self.kdim, E, bias=bias, **fk)
+        self.v_proj = nn.Linear(self.vdim, E, bias=bias, **fk)
+        if self.parameterization == "separate":
+            self.q_proj_b = nn.Linear(E, E, bias=bias, **fk)
+            self.k_proj_b = nn.Linear(self.kdim, E, bias=bias, **fk)
+        self.out_proj = nn.Linear(E, E, bias=bias, **fk)
         self.register_parameter("in_proj_weight", None)
         self.register_parameter("in_proj_bias", None)
-        self._reset_parameters()
+
+    # The gate's fields under their older names (read-only; the gate is ``self.gate``).
+    @property
+    def normalize(self) -> str:
+        return self.gate.normalize
+
+    @property
+    def support(self) -> Tuple[float, float]:
+        return self.gate.support
+
+    @property
+    def ab_clamp(self) -> Tuple[float, float]:
+        return self.gate.ab_range
+
+    def __setstate__(self, state):
+        # modules pickled before ``gate`` existed stored the three fields as attributes
+        if "gate" not in state and "normalize" in state:
+            state["gate"] = GateConfig(normalize=state.pop("normalize"), support=state.pop("support"),
+                                       ab_range=state.pop("ab_clamp"))
+        super().__setstate__(state)
 
     def _reset_parameters(self):
         for lin in self._score_projections() + [self.v_proj]:
@@ -226,42 +287,14 @@ class HardKumaAttention(nn.Module):
         is_causal: bool = False,
         return_stats: bool = False,
     ):
-        unbatched = query.dim() == 2
-        if unbatched:  # as (T, 1, E)
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif query.dim() != 3:
-            raise ValueError(f"query must be 2-D or 3-D, got {query.dim()}-D")
-        # Projections run on the inputs' own layout (a transposed input would be copied, and the
-        # copy kept for the backward pass); only the projected heads are permuted.
+        query, key, value, key_padding_mask, unbatched = _batched(query, key, value, key_padding_mask)
         bf = self.batch_first and not unbatched
-        time_dim = 1 if bf else 0
-        B = query.shape[1 - time_dim]
-        T, S = query.shape[time_dim], key.shape[time_dim]
-        if key.shape[:2] != value.shape[:2]:
-            raise ValueError(f"key {tuple(key.shape)} and value {tuple(value.shape)} differ in batch/length")
-        H, d = self.num_heads, self.head_dim
-
-        def heads(x, n):  # (B, n, E) or (n, B, E) -> (B, H, n, d)
-            if bf:
-                return x.reshape(B, n, H, x.shape[-1] // H).transpose(1, 2)
-            return x.reshape(n, B, H, x.shape[-1] // H).permute(1, 2, 0, 3)
-
-        q = heads(self.q_proj(query), T)
-        k = heads(self.k_proj(key), S)
-        v = heads(self.v_proj(value), S)
-        if self.parameterization == "split":
-            half = d // 2
-            scale = 1.0 / math.sqrt(half)
-            qa, ka, qb, kb = q[..., :half], k[..., :half], q[..., half:], k[..., half:]
-        else:
-            scale = 1.0 / math.sqrt(d)
-            qa, ka = q, k
-            qb, kb = heads(self.q_proj_b(query), T), heads(self.k_proj_b(key), S)
+        B, T, S = (query.shape[0], query.shape[1], key.shape[1]) if bf else (query.shape[1], query.shape[0],
+                                                                             key.shape[0])
+        qa, ka, qb, kb, v, scale = self._project(query, key, value, bf)
         # a causal mask of its own (T == S, where both alignments agree) streams without a T x S mask
         causal = is_causal and attn_mask is None and T == S
-        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal and not causal, B, T, S, q.dtype,
+        valid, bias = self._masks(attn_mask, key_padding_mask, is_causal and not causal, B, T, S, qa.dtype,
                                   query.device)
         out, weights, stats = scaled_dot_product_hardkuma(
             qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=causal, training=self.training,
@@ -269,14 +302,9 @@ class HardKumaAttention(nn.Module):
             dropout_p=self.dropout, need_weights=need_weights, want_stats=return_stats,
             stats_key=self.stats_key, compile=self.compile, backend=self.backend,
         )  # out (B, H, T, dv), weights (B, H, T, S) or None
-        if bf:
-            out = out.transpose(1, 2).reshape(B, T, self.embed_dim)
-        else:
-            out = out.permute(2, 0, 1, 3).reshape(T, B, self.embed_dim)
-        out = self.out_proj(out)
+        out = self.out_proj(self._merge_heads(out, bf))
         if unbatched:
             out = out.squeeze(1)
-
         w_out = None
         if need_weights:
             w_out = weights.mean(1) if average_attn_weights else weights
@@ -285,3 +313,28 @@ class HardKumaAttention(nn.Module):
         if return_stats:
             return out, w_out, stats
         return out, w_out
+
+    def _project(self, query, key, value, bf: bool):
+        """Per-head ``(qa, ka, qb, kb, v, scale)`` as (B, H, n, d).  The projections run on the
+        inputs' own layout (a transposed input would be copied, and the copy kept for the backward
+        pass); only the projected heads are permuted."""
+        H, time_dim = self.num_heads, 1 if bf else 0
+
+        def heads(x):  # (B, n, E) or (n, B, E) -> (B, H, n, d)
+            n, B = x.shape[time_dim], x.shape[1 - time_dim]
+            if bf:
+                return x.reshape(B, n, H, x.shape[-1] // H).transpose(1, 2)
+            return x.reshape(n, B, H, x.shape[-1] // H).permute(1, 2, 0, 3)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        if self.parameterization == "separate":
+            return q, k, heads(self.q_proj_b(query)), heads(self.k_proj_b(key)), v, 1.0 / math.sqrt(self.head_dim)
+        half = self.head_dim // 2
+        return q[..., :half], k[..., :half], q[..., half:], k[..., half:], v, 1.0 / math.sqrt(half)
+
+    def _merge_heads(self, out: torch.Tensor, bf: bool) -> torch.Tensor:
+        """(B, H, T, d) -> (B, T, E) with ``bf`` (batch first), else (T, B, E)."""
+        B, _, T, _ = out.shape
+        if bf:
+            return out.transpose(1, 2).reshape(B, T, self.embed_dim)
+        return out.permute(2, 0, 1, 3).reshape(T, B, self.embed_dim)

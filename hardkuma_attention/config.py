@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from .constraints import LagrangianConstraint
 from .distributions import DEFAULT_SUPPORT
-from .fused import ab_from_scores
+from .fused import DEFAULT_AB_RANGE, ab_from_scores
 
 __all__ = [
     "ControllerConfig",
@@ -57,16 +57,51 @@ __all__ = [
     "NORMALIZE_MODES",
     "AB_MAPS",
     "OBSERVE_MODES",
+    "check_normalize",
 ]
 
-DEFAULT_AB_RANGE: Tuple[float, float] = (1e-3, 100.0)
+# DEFAULT_AB_RANGE = (1e-3, 100.0) is defined beside the clamp map in :mod:`.fused` (which this
+# module imports) and re-exported here: the name every consumer uses.
 NORMALIZE_MODES = ("none", "sum", "softmax")
 AB_MAPS = ("clamp", "sigmoid")
 OBSERVE_MODES = ("expected", "decoded")
 
 
+def check_normalize(normalize: str) -> str:
+    """``normalize`` if it is one of :data:`NORMALIZE_MODES`, else a ``ValueError`` naming them."""
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    return normalize
+
+
+class _Presets:
+    """``preset`` / ``replace`` / ``to_dict`` of a frozen configuration dataclass whose named
+    presets are the table :meth:`_table` returns (``_KIND`` names it in errors)."""
+
+    _KIND = ""
+
+    @classmethod
+    def _table(cls) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        """The named preset with ``overrides`` replaced (unknown names: ``ValueError`` listing them)."""
+        table = cls._table()
+        if name not in table:
+            raise ValueError(f"unknown {cls._KIND} preset {name!r}; choose one of {sorted(table)}")
+        return dataclasses.replace(table[name], **overrides)
+
+    def replace(self, **overrides: Any):
+        """A copy with ``overrides`` (None values are ignored, so unset CLI flags keep the preset)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
-class ControllerConfig:
+class ControllerConfig(_Presets):
     """The Lagrangian controller of one constraint (the target is the consumer's: it is a
     property of the constraint, not of the controller).
 
@@ -113,19 +148,11 @@ class ControllerConfig:
             return float(self.lambda_init)
         return 0.0 if self.equality else 1e-3
 
+    _KIND = "controller"
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ControllerConfig":
-        """The named preset (:data:`CONTROLLER_PRESETS`) with ``overrides`` replaced."""
-        if name not in CONTROLLER_PRESETS:
-            raise ValueError(f"unknown controller preset {name!r}; choose one of {sorted(CONTROLLER_PRESETS)}")
-        return dataclasses.replace(CONTROLLER_PRESETS[name], **overrides)
-
-    def replace(self, **overrides: Any) -> "ControllerConfig":
-        """A copy with ``overrides`` (None values are ignored, so unset CLI flags keep the preset)."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _table(cls) -> Dict[str, "ControllerConfig"]:
+        return CONTROLLER_PRESETS
 
     def build(
         self, target: float, *, valid_range: Optional[Tuple[float, float]] = None, process_group: Any = None,
@@ -159,7 +186,7 @@ CONTROLLER_PRESETS: Dict[str, ControllerConfig] = {
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(_Presets):
     """How scores become HardKuma gates (see the module docstring).
 
     Args:
@@ -177,8 +204,7 @@ class GateConfig:
     def __post_init__(self):
         object.__setattr__(self, "support", (float(self.support[0]), float(self.support[1])))
         object.__setattr__(self, "ab_range", (float(self.ab_range[0]), float(self.ab_range[1])))
-        if self.normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
+        check_normalize(self.normalize)
         if self.ab_map not in AB_MAPS:
             raise ValueError(f"ab_map must be one of {AB_MAPS}, got {self.ab_map!r}")
         lo, hi = self.support
@@ -187,19 +213,35 @@ class GateConfig:
         if not (0.0 < self.ab_range[0] < self.ab_range[1]):
             raise ValueError(f"ab_range must satisfy 0 < lo < hi, got {self.ab_range}")
 
+    _KIND = "gate"
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "GateConfig":
-        """The named preset (:data:`GATE_PRESETS`) with ``overrides`` replaced."""
-        if name not in GATE_PRESETS:
-            raise ValueError(f"unknown gate preset {name!r}; choose one of {sorted(GATE_PRESETS)}")
-        return dataclasses.replace(GATE_PRESETS[name], **overrides)
+    def _table(cls) -> Dict[str, "GateConfig"]:
+        return GATE_PRESETS
 
-    def replace(self, **overrides: Any) -> "GateConfig":
-        """A copy with ``overrides`` (None values are ignored)."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+    @classmethod
+    def resolve(cls, gate: Union[None, str, "GateConfig"] = None, *, default: str = "attention",
+                owner: str = "gate", **keywords: Any) -> "GateConfig":
+        """The gate of a consumer that takes ``gate=`` beside its older per-field keywords.
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        ``gate``: a :class:`GateConfig`, a preset name, or None for the preset ``default``.
+        ``keywords``: fields (``normalize=``, ``support=``, ``ab_range=``, ...); None = not given.
+        Without ``gate`` the keywords override the default preset; with one, a keyword whose
+        value differs from the gate's is a ``ValueError`` naming it (``owner`` names the
+        consumer in the message), since the call would give two values for one setting.
+        """
+        if gate is None:
+            return cls.preset(default).replace(**keywords)
+        if isinstance(gate, str):
+            gate = cls.preset(gate)
+        elif not isinstance(gate, GateConfig):
+            raise TypeError(f"{owner}: gate must be a GateConfig or a preset name, got {type(gate).__name__}")
+        merged = gate.replace(**keywords)
+        clash = [k for k in keywords if keywords[k] is not None and getattr(merged, k) != getattr(gate, k)]
+        if clash:
+            said = ", ".join(f"{k}={keywords[k]!r} (gate: {getattr(gate, k)!r})" for k in clash)
+            raise ValueError(f"{owner}: gate= and {said} disagree; pass the setting once")
+        return gate
 
     def shape(self, score: torch.Tensor) -> torch.Tensor:
         """A shape parameter (``a`` or ``b``) in ``ab_range`` from an unconstrained score."""

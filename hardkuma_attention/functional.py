@@ -11,11 +11,13 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .config import DEFAULT_AB_RANGE, NORMALIZE_MODES, check_normalize
 from .distributions import DEFAULT_SUPPORT, HardKumaraswamy, uniform_open
 from .fused import ab_from_scores, expected_l0_sum, hardkuma_gates, row_sum_or_one
-from .stats import AttentionStats, gate_stats, report_stats, stats_requested
+from .stats import AttentionStats, gate_stats, reported
 from .streaming import (
-    DROPOUT_STREAM, StreamConfig, TileKernels, counter_noise, default_kernels, draw_seed, streaming_attention,
+    DROPOUT_STREAM, StreamConfig, TileKernels, _compute_dtype, counter_noise, default_kernels, prepare_call,
+    streaming_attention,
 )
 
 __all__ = [
@@ -31,7 +33,6 @@ __all__ = [
     "NORMALIZE_MODES",
 ]
 
-NORMALIZE_MODES = ("none", "sum", "softmax")
 DistOrP0 = Union[HardKumaraswamy, torch.Tensor]
 
 
@@ -107,17 +108,15 @@ def normalize_gates(
     mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Apply the normalisation ``normalize`` over the last dim (see :func:`hardkuma_attention_weights`)."""
-    if normalize == "none":
+    if check_normalize(normalize) == "none":
         return gates
     if normalize == "sum":
         return gates / row_sum_or_one(gates)
-    if normalize == "softmax":
-        if scores is None:
-            raise ValueError('normalize="softmax" needs scores')
-        s = scores if mask is None else scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        p = torch.softmax(s, dim=-1) * gates
-        return p / row_sum_or_one(p)
-    raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if scores is None:
+        raise ValueError('normalize="softmax" needs scores')
+    s = scores if mask is None else scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    p = torch.softmax(s, dim=-1) * gates
+    return p / row_sum_or_one(p)
 
 
 def hardkuma_attention_weights(
@@ -142,8 +141,7 @@ def hardkuma_attention_weights(
 
     Shapes: ``a``, ``b`` (and ``scores``) ``(..., T, S)``; ``mask`` bool broadcastable to it.
     """
-    if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    check_normalize(normalize)
     dist = HardKumaraswamy(a, b, support=support)
     if training:
         gates = dist.rsample(generator=generator)
@@ -161,7 +159,7 @@ def hardkuma_weights_from_scores(
     training: bool = True,
     normalize: str = "none",
     support: Tuple[float, float] = DEFAULT_SUPPORT,
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+    ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
     generator: Optional[torch.Generator] = None,
     fused: bool = True,
     compile: bool = False,
@@ -173,8 +171,7 @@ def hardkuma_weights_from_scores(
     fused autograd function of :mod:`hardkuma_attention.fused` (same values, far less memory);
     ``compile=True`` additionally runs its elementwise kernels through ``torch.compile``.
     """
-    if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    check_normalize(normalize)
     if training and fused and normalize != "softmax":
         shape = torch.broadcast_shapes(score_a.shape, score_b.shape)
         u = uniform_open(shape, score_a.dtype, score_a.device, generator)
@@ -200,7 +197,7 @@ def _whole_map_attention(qa, ka, qb, kb, v, scale, valid, bias, training, normal
     """The whole-map path (``need_weights=True``): the ``(..., T, S)`` weights are materialised
     and differentiable; the noise is the same counter noise as the tiles draw, so the weights and
     the output equal the streaming path's.  Returns ``(out, weights, l0_sum or None)``."""
-    c = torch.float64 if any(x is not None and x.dtype == torch.float64 for x in (qa, ka, v, bias)) else torch.float32
+    c = _compute_dtype(qa, ka, v, bias)
     score_a = torch.matmul(qa.to(c), ka.to(c).transpose(-1, -2)) * scale
     if bias is not None:
         score_a = score_a + bias.to(c)
@@ -248,29 +245,13 @@ def _triton_backend(backend, qa, ka, qb, kb, v, valid, bias, need_weights):
 
 
 def scaled_dot_product_hardkuma(
-    qa: torch.Tensor,
-    ka: torch.Tensor,
-    qb: torch.Tensor,
-    kb: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    valid: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    is_causal: bool = False,
-    training: bool = False,
-    normalize: str = "none",
-    support: Tuple[float, float] = DEFAULT_SUPPORT,
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
-    dropout_p: float = 0.0,
-    need_weights: bool = False,
-    want_stats: bool = False,
-    stats_key: Optional[str] = None,
-    compile: Optional[bool] = None,
-    generator: Optional[torch.Generator] = None,
-    kernels: Optional[TileKernels] = None,
-    block_q: Optional[int] = None,
-    block_k: Optional[int] = None,
+    qa: torch.Tensor, ka: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, v: torch.Tensor, *,
+    scale: float, valid: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+    is_causal: bool = False, training: bool = False, normalize: str = "none",
+    support: Tuple[float, float] = DEFAULT_SUPPORT, ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
+    dropout_p: float = 0.0, need_weights: bool = False, want_stats: bool = False, stats_key: Optional[str] = None,
+    compile: Optional[bool] = None, generator: Optional[torch.Generator] = None,
+    kernels: Optional[TileKernels] = None, block_q: Optional[int] = None, block_k: Optional[int] = None,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[AttentionStats]]:
     r"""HardKuma attention from per-head queries, keys and values: the one core path that
@@ -285,10 +266,9 @@ def scaled_dot_product_hardkuma(
     With ``need_weights=False`` this streams (:mod:`hardkuma_attention.streaming`): (query block
     x key block) tiles, nothing of size T x S allocated or saved, the backward recomputes the
     scores and regenerates the noise.  With ``need_weights=True`` the weights are materialised
-    (differentiable) from the same noise, so both give the same values.  The noise of cell
+    (differentiable) from the same noise, so both give the same values: the noise of cell
     ``(bh, i, j)`` is :func:`~hardkuma_attention.streaming.counter_uniform` of one seed per call
-    drawn from ``generator`` (default: torch's global generator) in training; dropout draws from
-    a second stream of the same seed.
+    drawn from ``generator`` in training (dropout: a second stream of the same seed).
 
     Shapes: ``qa`` (..., T, da), ``ka`` (..., S, da), ``qb`` (..., T, db), ``kb`` (..., S, db),
     ``v`` (..., S, dv); ``valid`` (bool, True = allowed) and ``bias`` (added to ``score_a``)
@@ -299,55 +279,57 @@ def scaled_dot_product_hardkuma(
     ``weights`` come back in the inputs' dtype.
 
     ``compile``: None (auto: compiled tile kernels for large calls when ``torch.compile`` works,
-    else eager with a one-time warning), True or False; ``kernels`` (a
-    :class:`~hardkuma_attention.streaming.TileKernels`) overrides it.  ``block_q`` / ``block_k``:
-    tile sizes (default from a cell budget; results do not depend on them beyond round-off).
-
-    ``backend``: ``"auto"`` (default: CUDA tensors go to the Triton kernels of
+    else eager with a one-time warning), True or False; ``kernels`` (a :class:`TileKernels`)
+    overrides it.  ``block_q`` / ``block_k``: tile sizes (results do not depend on them).
+    ``backend``: ``"auto"`` (CUDA tensors go to the Triton kernels of
     :mod:`hardkuma_attention.triton_kernels` when triton is importable and the call is one they
     take, see ``triton_kernels.unsupported_reason``; everything else to the path above),
-    ``"triton"`` (those kernels or a ``ValueError`` saying why not) or ``"reference"`` (never the
-    kernels: for debugging).
+    ``"triton"`` (those kernels or a ``ValueError`` saying why not) or ``"reference"`` (never).
 
     Returns ``(out (..., T, dv), weights (..., T, S) or None, stats or None)``: ``weights`` only
     with ``need_weights``; the :class:`AttentionStats` (differentiable expected-L0 sum, valid
     cells, exactly non-zero cells) when ``want_stats`` or a :func:`collect_attention_stats`
     context is active, and then also handed to the active collectors.
     """
+    options = dict(scale=scale, valid=valid, bias=bias, is_causal=is_causal, training=training, normalize=normalize,
+                   support=support, ab_clamp=ab_clamp, dropout_p=dropout_p, need_weights=need_weights,
+                   want_stats=want_stats, stats_key=stats_key, generator=generator)
     triton_path = _triton_backend(backend, qa, ka, qb, kb, v, valid, bias, need_weights)
     if triton_path is not None:
-        return triton_path(
-            qa, ka, qb, kb, v, scale=scale, valid=valid, bias=bias, is_causal=is_causal, training=training,
-            normalize=normalize, support=support, ab_clamp=ab_clamp, dropout_p=dropout_p,
-            need_weights=need_weights, want_stats=want_stats, stats_key=stats_key, generator=generator,
-        )
-    if normalize not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    want_stats = want_stats or stats_requested()
-    seed = draw_seed(generator) if training else 0
-    dropout_p = float(dropout_p) if training else 0.0
-    out_dtype = torch.promote_types(qa.dtype, v.dtype)
+        return triton_path(qa, ka, qb, kb, v, **options)
+    options["want_stats"], seed, options["dropout_p"] = prepare_call(normalize, dropout_p, training, want_stats,
+                                                                     generator)
+    del options["generator"], options["need_weights"]
     if need_weights:
-        if is_causal:
-            c = causal_valid(qa.shape[-2], ka.shape[-2], qa.device)
-            valid = c if valid is None else valid & c
-        out, weights, l0 = _whole_map_attention(
-            qa, ka, qb, kb, v, scale, valid, bias, training, normalize, support, ab_clamp, dropout_p, want_stats, seed
-        )
-        stats = gate_stats(l0, weights, valid, stats_key) if want_stats else None
-        out, weights = out.to(out_dtype), weights.to(out_dtype)
-    else:
-        cfg = StreamConfig(
-            scale=float(scale), normalize=normalize, training=bool(training), support=tuple(support),
-            ab_clamp=tuple(ab_clamp), dropout_p=dropout_p, is_causal=bool(is_causal), want_stats=want_stats,
-            seed=seed, block_q=block_q, block_k=block_k,
-            kernels=kernels if kernels is not None else default_kernels(compile),
-        )
-        out, l0, nonzero, cells = streaming_attention(qa, ka, qb, kb, v, bias, valid, cfg=cfg)
-        weights = None
-        stats = AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None
-    if stats is not None:
-        report_stats(stats)
-    return out, weights, stats
+        return _whole_map_call(qa, ka, qb, kb, v, seed=seed, **options)
+    return _streaming_call(qa, ka, qb, kb, v, seed=seed, block_q=block_q, block_k=block_k,
+                           kernels=kernels if kernels is not None else default_kernels(compile), **options)
+
+
+def _whole_map_call(qa, ka, qb, kb, v, *, scale, valid, bias, is_causal, training, normalize, support, ab_clamp,
+                    dropout_p, want_stats, stats_key, seed):
+    """:func:`scaled_dot_product_hardkuma` with ``need_weights=True`` after the common checks
+    (:func:`~hardkuma_attention.streaming.prepare_call`): the causal cells folded into ``valid``,
+    the whole map, its statistics, results in the inputs' dtype."""
+    if is_causal:
+        c = causal_valid(qa.shape[-2], ka.shape[-2], qa.device)
+        valid = c if valid is None else valid & c
+    out, weights, l0 = _whole_map_attention(
+        qa, ka, qb, kb, v, scale, valid, bias, training, normalize, support, ab_clamp, dropout_p, want_stats, seed
+    )
+    stats = gate_stats(l0, weights, valid, stats_key) if want_stats else None
+    out_dtype = torch.promote_types(qa.dtype, v.dtype)
+    return out.to(out_dtype), weights.to(out_dtype), reported(stats)
+
+
+def _streaming_call(qa, ka, qb, kb, v, *, scale, valid, bias, is_causal, training, normalize, support, ab_clamp,
+                    dropout_p, want_stats, stats_key, seed, block_q, block_k, kernels):
+    """:func:`scaled_dot_product_hardkuma` with ``need_weights=False`` after the common checks:
+    :func:`~hardkuma_attention.streaming.streaming_attention` and its statistics."""
+    cfg = StreamConfig(
+        scale=float(scale), normalize=normalize, training=bool(training), support=tuple(support),
+        ab_clamp=tuple(ab_clamp), dropout_p=dropout_p, is_causal=bool(is_causal), want_stats=want_stats,
+        seed=seed, block_q=block_q, block_k=block_k, kernels=kernels,
+    )
+    out, l0, nonzero, cells = streaming_attention(qa, ka, qb, kb, v, bias, valid, cfg=cfg)
+    return out, None, reported(AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None)

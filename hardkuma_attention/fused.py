@@ -45,14 +45,20 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .distributions import log1mexp
+from .distributions import DEFAULT_SUPPORT, log1mexp
 
 __all__ = [
+    "DEFAULT_AB_RANGE",
     "ab_from_scores",
     "hardkuma_gates",
     "expected_l0_sum",
     "row_sum_or_one",
 ]
+
+
+#: The range ``(ab_min, ab_max)`` of ``a`` and ``b`` under the clamp map (the attention layers'
+#: default); everyone else reads it as :data:`hardkuma_attention.config.DEFAULT_AB_RANGE`.
+DEFAULT_AB_RANGE: Tuple[float, float] = (1e-3, 100.0)
 
 
 # ---------------------------------------------------------------------- elementwise kernels
@@ -254,8 +260,8 @@ def hardkuma_gates(
     score_b: torch.Tensor,
     u: torch.Tensor,
     valid: Optional[torch.Tensor] = None,
-    support: Tuple[float, float] = (-0.1, 1.1),
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+    support: Tuple[float, float] = DEFAULT_SUPPORT,
+    ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
     normalize_sum: bool = False,
     compile: bool = False,
 ) -> torch.Tensor:
@@ -278,8 +284,8 @@ def expected_l0_sum(
     score_a: torch.Tensor,
     score_b: torch.Tensor,
     valid: Optional[torch.Tensor] = None,
-    support: Tuple[float, float] = (-0.1, 1.1),
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+    support: Tuple[float, float] = DEFAULT_SUPPORT,
+    ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
 ) -> torch.Tensor:
     """Fused ``sum over valid cells of P(z != 0)`` from raw scores (a differentiable scalar,
     accumulated in at least float32)."""

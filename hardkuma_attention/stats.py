@@ -17,7 +17,9 @@ from typing import Iterable, List, Optional, Union
 
 import torch
 
-__all__ = ["AttentionStats", "collect_attention_stats", "gate_stats", "report_stats", "stats_requested"]
+__all__ = [
+    "AttentionStats", "collect_attention_stats", "gate_stats", "report_stats", "reported", "stats_requested",
+]
 
 
 @dataclass
@@ -119,3 +121,11 @@ def report_stats(stats: AttentionStats) -> None:
     """Hand ``stats`` to every active collector."""
     for items in _ACTIVE.get():
         items.append(stats)
+
+
+def reported(stats: Optional[AttentionStats]) -> Optional[AttentionStats]:
+    """``stats`` after :func:`report_stats` (None, when no stats were made, passes through): the
+    last step of every attention call."""
+    if stats is not None:
+        report_stats(stats)
+    return stats

@@ -50,6 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .config import DEFAULT_AB_RANGE, check_normalize
+from .distributions import DEFAULT_SUPPORT
+from .stats import stats_requested
 
 __all__ = [
     "counter_uniform",
@@ -59,6 +62,8 @@ __all__ = [
     "StreamConfig",
     "streaming_attention",
     "draw_seed",
+    "check_call",
+    "prepare_call",
     "counter_noise",
     "DROPOUT_STREAM",
 ]
@@ -150,6 +155,25 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     reproduce a run)."""
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, (1 << 63) - 1, (), generator=generator, device=device))
+
+
+def check_call(normalize: str, dropout_p: float) -> None:
+    """``ValueError`` unless ``normalize`` is a mode and ``0 <= dropout_p < 1``."""
+    check_normalize(normalize)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def prepare_call(normalize: str, dropout_p: float, training: bool, want_stats: bool,
+                 generator: Optional[torch.Generator] = None) -> Tuple[bool, int, float]:
+    """The checks and draws every attention call makes before any work (the reference path and
+    the Triton kernels alike): ``(want_stats, seed, dropout_p)``.  ``want_stats`` is also True
+    inside a :func:`~hardkuma_attention.collect_attention_stats` context; in training one seed is
+    drawn from ``generator`` (:func:`draw_seed`), else seed 0 and no dropout."""
+    check_call(normalize, dropout_p)
+    want_stats = bool(want_stats) or stats_requested()
+    seed = draw_seed(generator) if training else 0
+    return want_stats, seed, float(dropout_p) if training else 0.0
 
 
 # ---------------------------------------------------------------------- elementwise tile kernels
@@ -460,8 +484,8 @@ class StreamConfig:
     scale: float
     normalize: str = "none"
     training: bool = False
-    support: Tuple[float, float] = (-0.1, 1.1)
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0)
+    support: Tuple[float, float] = DEFAULT_SUPPORT
+    ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE
     dropout_p: float = 0.0
     is_causal: bool = False
     want_stats: bool = False

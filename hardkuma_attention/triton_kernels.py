@@ -68,9 +68,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .config import DEFAULT_AB_RANGE
 from .distributions import DEFAULT_SUPPORT
-from .stats import AttentionStats, report_stats, stats_requested
-from .streaming import DROPOUT_STREAM, draw_seed
+from .stats import AttentionStats, reported
+from .streaming import DROPOUT_STREAM, check_call, prepare_call
 
 __all__ = [
     "scaled_dot_product_hardkuma_triton",
@@ -370,7 +371,86 @@ def _head_pointers(bh, H, QA, KA, QB, KB, V, BIAS, VALID, sqa_b, sqa_h, ska_b, s
             VALID + b_i * sva_b + h_i * sva_h, b_i, h_i)
 
 
+@triton.jit
+def _row_hashes(h_seed, h_drop, bh, offs_m):
+    """The gate and dropout streams' hash states of rows ``offs_m``, as (M, 1)."""
+    return _row_hash(h_seed, bh, offs_m)[:, None], _row_hash(h_drop, bh, offs_m)[:, None]
+
+
+@triton.jit
+def _key_end(pid_m, S, causal_off, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """One past the last key a query block visits (causal: key blocks above the diagonal are skipped)."""
+    end_n = S
+    if IS_CAUSAL:
+        end_n = tl.minimum(S, pid_m * BLOCK_M + BLOCK_M + causal_off)
+    return end_n
+
+
+@triton.jit
+def _grad_l0(GL0, WANT_L0: tl.constexpr):
+    """The gradient of the expected-L0 sum (a scalar; 0.0 without ``WANT_L0``)."""
+    g_l0 = 0.0
+    if WANT_L0:
+        g_l0 = tl.load(GL0)
+    return g_l0
+
+
 # ---------------------------------------------------------------------- forward kernel
+
+
+@triton.jit
+def _fwd_weights(z, sa, ok, acc, m_i, m_safe, l_i, NORM: tl.constexpr):
+    """A tile's weights ``p`` before dropout and the updated running state ``(acc, m, m_safe,
+    l)``: "softmax" keeps the running row max ``m`` (``m_safe``: 0 where still ``-inf``) and
+    rescales ``acc`` and ``l`` by ``exp(m_old - m_new)`` (FlashAttention's online softmax);
+    ``l`` sums ``p`` unless ``NORM`` is "none"."""
+    if NORM == 2:
+        m_new = tl.maximum(m_i, tl.max(tl.where(ok, sa, float("-inf")), 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+        m_i = m_new
+        p = z * tl.where(ok, tl.exp(sa - m_safe[:, None]), 0.0)
+    else:
+        p = z
+    if NORM != 0:
+        l_i += tl.sum(p, 1)
+    return p, acc, m_i, m_safe, l_i
+
+
+@triton.jit
+def _add_pv(acc, pd, V, offs_n, S, sv_n, sv_d, DV: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr,
+            DOT_F32: tl.constexpr, SKIP_ZERO: tl.constexpr):
+    """``acc + pd @ v`` of a key block; ``SKIP_ZERO``: nothing loaded or multiplied when every
+    weight of the tile is exactly 0 (AdaSplash: such a tile adds nothing)."""
+    if SKIP_ZERO:
+        if tl.max(pd) > 0.0:
+            v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
+            acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
+    else:
+        v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
+        acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
+    return acc
+
+
+@triton.jit
+def _store_row_state(ML, STATS, bh, offs_m, T, m_safe, l_i, l0_i, nz_i, n_i,
+                     NORM: tl.constexpr, WANT_STATS: tl.constexpr):
+    """The forward's per-row outputs: row max and normaliser into ``ML`` (2, BH, T) (not for
+    "none"), expected L0 / non-zero / allowed counts into ``STATS`` (3, BH, T)."""
+    row = bh * T + offs_m
+    rmask = offs_m < T
+    n_rows = tl.num_programs(1) * T
+    if NORM != 0:
+        tl.store(ML + row, m_safe, mask=rmask)
+        tl.store(ML + n_rows + row, l_i, mask=rmask)
+    if WANT_STATS:
+        tl.store(STATS + row, l0_i, mask=rmask)
+        tl.store(STATS + n_rows + row, nz_i, mask=rmask)
+        tl.store(STATS + 2 * n_rows + row, n_i, mask=rmask)
+
+
 
 
 @triton.jit(do_not_specialize=["h_seed", "h_drop"])
@@ -396,8 +476,7 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qa = _load_rows(QA, offs_m, T, sqa_t, sqa_d, DA, BDA)
     qb = _load_rows(QB, offs_m, T, sqb_t, sqb_d, DB, BDB)
-    hrow = _row_hash(h_seed, bh, offs_m)[:, None]
-    hdrop = _row_hash(h_drop, bh, offs_m)[:, None]
+    hrow, hdrop = _row_hashes(h_seed, h_drop, bh, offs_m)
     acc = tl.zeros([BLOCK_M, BDV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     m_safe = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -405,10 +484,7 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
     l0_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     nz_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     n_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    end_n = S
-    if IS_CAUSAL:
-        end_n = tl.minimum(S, pid_m * BLOCK_M + BLOCK_M + causal_off)
-    for start_n in range(0, end_n, BLOCK_N):
+    for start_n in range(0, _key_end(pid_m, S, causal_off, BLOCK_M, IS_CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         ok = _allowed(VALID, sva_t, sva_s, offs_m, offs_n, T, S, causal_off, HAS_VALID, IS_CAUSAL)
         ka = _load_rows(KA, offs_n, S, ska_n, ska_d, DA, BDA)
@@ -417,18 +493,7 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
         kcol = _mix_k(offs_n.to(tl.uint32))[None, :]
         z, e = _gate_fwd(sa, sb, hrow, kcol, lo, hi, amin, amax, log_k0, log_k1, TRAINING, WANT_STATS)
         z = tl.where(ok, z, 0.0)
-        if NORM == 2:
-            m_new = tl.maximum(m_i, tl.max(tl.where(ok, sa, float("-inf")), 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_i - m_safe)
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-            p = z * tl.where(ok, tl.exp(sa - m_safe[:, None]), 0.0)
-        else:
-            p = z
-        if NORM != 0:
-            l_i += tl.sum(p, 1)
+        p, acc, m_i, m_safe, l_i = _fwd_weights(z, sa, ok, acc, m_i, m_safe, l_i, NORM)
         if DROPOUT:
             pd = p * _keep(hdrop, kcol, p_drop)
         else:
@@ -437,27 +502,12 @@ def _fwd_kernel(QA, KA, QB, KB, V, BIAS, VALID, OUT, ML, STATS,
             l0_i += tl.sum(tl.where(ok, e, 0.0), 1)
             nz_i += tl.sum((z != 0.0).to(tl.float32), 1)
             n_i += tl.sum(ok.to(tl.float32), 1)
-        if SKIP_ZERO:
-            if tl.max(pd) > 0.0:  # AdaSplash: a tile whose gates are all exactly 0 adds nothing
-                v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
-                acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
-        else:
-            v = _load_rows(V, offs_n, S, sv_n, sv_d, DV, BDV)
-            acc += _dot(pd.to(v.dtype), v, PREC, DOT_F32)
+        acc = _add_pv(acc, pd, V, offs_n, S, sv_n, sv_d, DV, BDV, PREC, DOT_F32, SKIP_ZERO)
     if NORM != 0:
         acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     OUT += b_i * so_b + h_i * so_h
     _store_rows(OUT, acc.to(OUT.dtype.element_ty), offs_m, T, so_t, so_d, DV, BDV)
-    row = bh * T + offs_m
-    rmask = offs_m < T
-    n_rows = tl.num_programs(1) * T
-    if NORM != 0:
-        tl.store(ML + row, m_safe, mask=rmask)
-        tl.store(ML + n_rows + row, l_i, mask=rmask)
-    if WANT_STATS:
-        tl.store(STATS + row, l0_i, mask=rmask)
-        tl.store(STATS + n_rows + row, nz_i, mask=rmask)
-        tl.store(STATS + 2 * n_rows + row, n_i, mask=rmask)
+    _store_row_state(ML, STATS, bh, offs_m, T, m_safe, l_i, l0_i, nz_i, n_i, NORM, WANT_STATS)
 
 
 # ---------------------------------------------------------------------- backward kernels
@@ -494,6 +544,28 @@ def _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM: tl.constexpr):
     return m[:, None], Di[:, None], il[:, None]
 
 
+@triton.jit
+def _add_dv(dv, wd, g, PREC: tl.constexpr, DOT_F32: tl.constexpr, SKIP_ZERO: tl.constexpr):
+    """``dv + wd^T @ g`` of a query block (``SKIP_ZERO``: skipped when every weight is 0)."""
+    if SKIP_ZERO:
+        if tl.max(tl.abs(wd)) > 0.0:
+            dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
+    else:
+        dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
+    return dv
+
+
+@triton.jit
+def _add_dq_atomic(DQA, DQB, dsa, dsb, ka, kb, bh, offs_m, T, scale, DA: tl.constexpr, DB: tl.constexpr,
+                   BDA: tl.constexpr, BDB: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+    """``dq`` of a tile added into the float32 (BH, T, D) buffers with atomics (``atomic_dq``:
+    the gate is recomputed once per tile, not twice)."""
+    _add_rows(DQA + bh.to(tl.int64) * T * DA, _dot(dsa.to(ka.dtype), ka, PREC, DOT_F32) * scale,
+              offs_m, T, DA, BDA)
+    _add_rows(DQB + bh.to(tl.int64) * T * DB, _dot(dsb.to(kb.dtype), kb, PREC, DOT_F32) * scale,
+              offs_m, T, DB, BDB)
+
+
 @triton.jit(do_not_specialize=["h_seed", "h_drop"])
 def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB, DV, DQA, DQB,
                    sqa_b, sqa_h, sqa_t, sqa_d, ska_b, ska_h, ska_n, ska_d,
@@ -524,9 +596,7 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
     dka = tl.zeros([BLOCK_N, BDA], dtype=tl.float32)
     dkb = tl.zeros([BLOCK_N, BDB], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BDV], dtype=tl.float32)
-    g_l0 = 0.0
-    if WANT_L0:
-        g_l0 = tl.load(GL0)
+    g_l0 = _grad_l0(GL0, WANT_L0)
     n_rows = tl.num_programs(1) * T
     start_m = 0
     if IS_CAUSAL:
@@ -540,22 +610,14 @@ def _bwd_kv_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DKA, DKB,
         g = _load_rows(GO, offs_m, T, sg_t, sg_d, DV_, BDV)
         dw = _dot(g, tl.trans(v), PREC, DOT_F32)
         m, Di, il = _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM)
-        hrow = _row_hash(h_seed, bh, offs_m)[:, None]
-        hdrop = _row_hash(h_drop, bh, offs_m)[:, None]
+        hrow, hdrop = _row_hashes(h_seed, h_drop, bh, offs_m)
         dsa, dsb, wd = _gate_bwd(sa, sb, ok, hrow, hdrop, kcol, m, Di, il, dw, g_l0, p_drop,
                                  lo, hi, amin, amax, log_k0, log_k1, TRAINING, NORM, WANT_L0, DROPOUT)
-        if SKIP_ZERO:
-            if tl.max(tl.abs(wd)) > 0.0:
-                dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
-        else:
-            dv += _dot(tl.trans(wd.to(g.dtype)), g, PREC, DOT_F32)
+        dv = _add_dv(dv, wd, g, PREC, DOT_F32, SKIP_ZERO)
         dka += _dot(tl.trans(dsa.to(qa.dtype)), qa, PREC, DOT_F32)
         dkb += _dot(tl.trans(dsb.to(qb.dtype)), qb, PREC, DOT_F32)
         if ATOMIC_DQ:  # dq here too (float32 atomics): the gate is recomputed once, not twice
-            _add_rows(DQA + bh.to(tl.int64) * T * DA, _dot(dsa.to(ka.dtype), ka, PREC, DOT_F32) * scale,
-                      offs_m, T, DA, BDA)
-            _add_rows(DQB + bh.to(tl.int64) * T * DB, _dot(dsb.to(kb.dtype), kb, PREC, DOT_F32) * scale,
-                      offs_m, T, DB, BDB)
+            _add_dq_atomic(DQA, DQB, dsa, dsb, ka, kb, bh, offs_m, T, scale, DA, DB, BDA, BDB, PREC, DOT_F32)
     _store_rows(DKA + bh * S * DA, (dka * scale).to(DKA.dtype.element_ty), offs_n, S, DA, 1, DA, BDA)
     _store_rows(DKB + bh * S * DB, (dkb * scale).to(DKB.dtype.element_ty), offs_n, S, DB, 1, DB, BDB)
     _store_rows(DV + bh * S * DV_, dv.to(DV.dtype.element_ty), offs_n, S, DV_, 1, DV_, BDV)
@@ -589,17 +651,11 @@ def _bwd_q_kernel(QA, KA, QB, KB, V, BIAS, VALID, GO, ML, DELTA, GL0, DQA, DQB, 
     g = _load_rows(GO, offs_m, T, sg_t, sg_d, DV_, BDV)
     n_rows = tl.num_programs(1) * T
     m, Di, il = _row_vectors(ML, DELTA, bh, offs_m, T, n_rows, NORM)
-    hrow = _row_hash(h_seed, bh, offs_m)[:, None]
-    hdrop = _row_hash(h_drop, bh, offs_m)[:, None]
-    g_l0 = 0.0
-    if WANT_L0:
-        g_l0 = tl.load(GL0)
+    hrow, hdrop = _row_hashes(h_seed, h_drop, bh, offs_m)
+    g_l0 = _grad_l0(GL0, WANT_L0)
     dqa = tl.zeros([BLOCK_M, BDA], dtype=tl.float32)
     dqb = tl.zeros([BLOCK_M, BDB], dtype=tl.float32)
-    end_n = S
-    if IS_CAUSAL:
-        end_n = tl.minimum(S, pid_m * BLOCK_M + BLOCK_M + causal_off)
-    for start_n in range(0, end_n, BLOCK_N):
+    for start_n in range(0, _key_end(pid_m, S, causal_off, BLOCK_M, IS_CAUSAL), BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         ok = _allowed(VALID, sva_t, sva_s, offs_m, offs_n, T, S, causal_off, HAS_VALID, IS_CAUSAL)
         ka = _load_rows(KA, offs_n, S, ska_n, ska_d, DA, BDA)
@@ -908,30 +964,13 @@ def hardkuma_attention_triton(qa, ka, qb, kb, v, bias=None, valid=None, *, call:
 
 
 def scaled_dot_product_hardkuma_triton(
-    qa: torch.Tensor,
-    ka: torch.Tensor,
-    qb: torch.Tensor,
-    kb: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    valid: Optional[torch.Tensor] = None,
-    bias: Optional[torch.Tensor] = None,
-    is_causal: bool = False,
-    training: bool = False,
-    normalize: str = "none",
-    support: Tuple[float, float] = DEFAULT_SUPPORT,
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0),
-    dropout_p: float = 0.0,
-    need_weights: bool = False,
-    want_stats: bool = False,
-    stats_key: Optional[str] = None,
-    compile: Optional[bool] = None,
-    generator: Optional[torch.Generator] = None,
-    kernels=None,
-    block_q: Optional[int] = None,
-    block_k: Optional[int] = None,
-    kernel: Optional[KernelConfig] = None,
+    qa: torch.Tensor, ka: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, v: torch.Tensor, *,
+    scale: float, valid: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+    is_causal: bool = False, training: bool = False, normalize: str = "none",
+    support: Tuple[float, float] = DEFAULT_SUPPORT, ab_clamp: Tuple[float, float] = DEFAULT_AB_RANGE,
+    dropout_p: float = 0.0, need_weights: bool = False, want_stats: bool = False, stats_key: Optional[str] = None,
+    compile: Optional[bool] = None, generator: Optional[torch.Generator] = None, kernels=None,
+    block_q: Optional[int] = None, block_k: Optional[int] = None, kernel: Optional[KernelConfig] = None,
     backend: str = "triton",
 ) -> Tuple[torch.Tensor, None, Optional[AttentionStats]]:
     r""":func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` on the Triton kernels:
@@ -943,23 +982,15 @@ def scaled_dot_product_hardkuma_triton(
 
     Returns ``(out (..., T, dv), None, stats or None)``.
     """
-    if normalize not in _NORM_CODE:
-        raise ValueError(f"normalize must be one of {tuple(_NORM_CODE)}, got {normalize!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_call(normalize, dropout_p)
     why = unsupported_reason(qa, ka, qb, kb, v, valid, bias, need_weights=need_weights)
     if why is not None:
         raise ValueError(f"Triton HardKuma attention: {why}")
-    want_stats = want_stats or stats_requested()
-    seed = draw_seed(generator) if training else 0
+    want_stats, seed, dropout_p = prepare_call(normalize, dropout_p, training, want_stats, generator)
     call = _Call(
         scale=float(scale), normalize=normalize, training=bool(training), support=tuple(support),
-        ab_clamp=tuple(ab_clamp), dropout_p=float(dropout_p) if training else 0.0, is_causal=bool(is_causal),
-        want_stats=want_stats, seed=seed,
+        ab_clamp=tuple(ab_clamp), dropout_p=dropout_p, is_causal=bool(is_causal), want_stats=want_stats, seed=seed,
         kernel=kernel or KernelConfig.default(max(qa.shape[-1], qb.shape[-1], v.shape[-1])),
     )
     out, l0, nonzero, cells = hardkuma_attention_triton(qa, ka, qb, kb, v, bias, valid, call=call)
-    stats = AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None
-    if stats is not None:
-        report_stats(stats)
-    return out, None, stats
+    return out, None, reported(AttentionStats(l0, cells, nonzero, stats_key) if want_stats else None)

@@ -4,6 +4,8 @@
 #
 #   fairseq_run_begin SAVE_DIR FAIRSEQ_TRAIN_ARGS...   before fairseq-train; returns 1: reuse, skip it
 #   fairseq_run_end   SAVE_DIR SECONDS STATS FAIRSEQ_TRAIN_ARGS...   after fairseq-train succeeded
+#   fairseq_user_dir  print the folder of the installed fairseq_plugins package (for --user-dir);
+#                     not installed: an error line and status 2
 #
 # SAVE_DIR/train.settings: the fairseq-train arguments without the budget flags (--max-epoch,
 # --max-update, --stop-time-hours) plus a checksum of the data directory's dictionaries;
@@ -16,6 +18,16 @@
 # (fairseq's resume); an interrupted run (no train.done) resumes; other settings stop with an error
 # instead of mixing two runs in one folder.  FRESH=1 deletes the folder's checkpoints, log and
 # markers first and trains from scratch.  The log is appended to (train.log keeps every invocation).
+
+fairseq_user_dir() {
+    # find_spec locates the package without importing it (importing it imports fairseq: seconds)
+    python -c '
+import importlib.util, sys
+spec = importlib.util.find_spec("fairseq_plugins")
+if spec is None or not spec.submodule_search_locations:
+    sys.exit("error: the fairseq_plugins package is not installed: pip install -e \".[fairseq]\" (recipes/setup_env.sh)")
+print(list(spec.submodule_search_locations)[0])' || return 2
+}
 
 _fairseq_budget_flag() {
     case "$1" in --max-epoch|--max-update|--stop-time-hours) return 0 ;; *) return 1 ;; esac

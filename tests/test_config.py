@@ -97,3 +97,36 @@ def test_round_trip_through_dict():
         assert ControllerConfig(**cfg.to_dict()) == cfg
     for g in GATE_PRESETS.values():
         assert GateConfig(**g.to_dict()) == g
+
+
+def test_resolve_gate_from_preset_keywords_or_config():
+    """``GateConfig.resolve``: None -> the default preset with the keywords replacing fields; a
+    name or a config -> that gate, with agreeing keywords accepted and disagreeing ones refused."""
+    assert GateConfig.resolve() == GATE_PRESETS["attention"]
+    assert GateConfig.resolve(None, normalize=None, support=None) == GATE_PRESETS["attention"]
+    assert GateConfig.resolve(None, normalize="sum", ab_range=[0.1, 10]) == GateConfig(normalize="sum",
+                                                                                        ab_range=(0.1, 10.0))
+    assert GateConfig.resolve(default="rationale") == GATE_PRESETS["rationale"]
+    assert GateConfig.resolve("rationale", ab_range=[0.1, 10], ab_map="sigmoid") == GATE_PRESETS["rationale"]
+    g = GateConfig(normalize="softmax")
+    assert GateConfig.resolve(g, normalize="softmax", support=list(DEFAULT_SUPPORT)) is g
+    with pytest.raises(ValueError, match=r"layer: gate= and normalize='sum' \(gate: 'softmax'\) disagree"):
+        GateConfig.resolve(g, owner="layer", normalize="sum")
+    with pytest.raises(ValueError, match="unknown gate preset"):
+        GateConfig.resolve("softmax")
+    with pytest.raises(TypeError):
+        GateConfig.resolve(("none", (-0.1, 1.1)))
+
+
+def test_default_ab_range_is_one_object():
+    """The clamp map's default range is defined once (beside the map in ``fused``) and is the
+    default of every core entry point."""
+    import inspect
+
+    from hardkuma_attention import fused, functional, streaming
+
+    assert DEFAULT_AB_RANGE == (1e-3, 100.0) and DEFAULT_AB_RANGE is fused.DEFAULT_AB_RANGE
+    for fn in (fused.hardkuma_gates, fused.expected_l0_sum, functional.hardkuma_weights_from_scores,
+               functional.scaled_dot_product_hardkuma):
+        assert inspect.signature(fn).parameters["ab_clamp"].default is DEFAULT_AB_RANGE, fn.__name__
+    assert streaming.StreamConfig(scale=1.0).ab_clamp is DEFAULT_AB_RANGE

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from hardkuma_attention import HardKuma, HardKumaAttention, collect_attention_stats
+from hardkuma_attention import GateConfig, HardKuma, HardKumaAttention, collect_attention_stats, convert
+from hardkuma_attention.config import DEFAULT_AB_RANGE
+from hardkuma_attention.distributions import DEFAULT_SUPPORT
 from hardkuma_attention.fused import ab_from_scores
 
 E, H = 16, 4
@@ -225,6 +227,66 @@ def test_state_dict_round_trip():
     m2.eval()
     q, kv = inputs()
     assert torch.equal(m(q, kv, kv)[0], m2(q, kv, kv)[0])
+
+
+def test_gate_config_or_keywords_build_the_same_module():
+    """``gate=`` (a GateConfig or a preset name) and the older keywords give the same gate, the
+    same repr and the same outputs; the keywords stay readable."""
+    m0 = make()
+    assert m0.gate == GateConfig.preset("attention") == make(gate="attention").gate
+    assert (m0.normalize, m0.support, m0.ab_clamp) == ("none", DEFAULT_SUPPORT, DEFAULT_AB_RANGE)
+    by_kw = make(normalize="softmax", support=(-0.2, 1.2), ab_clamp=(0.01, 50.0))
+    gate = GateConfig(normalize="softmax", support=(-0.2, 1.2), ab_range=(0.01, 50.0))
+    by_gate = make(gate=gate)
+    assert by_kw.gate == gate and by_gate.gate == gate and repr(by_kw) == repr(by_gate)
+    assert (by_gate.normalize, by_gate.support, by_gate.ab_clamp) == ("softmax", (-0.2, 1.2), (0.01, 50.0))
+    assert make(gate=gate, normalize="softmax", ab_clamp=[0.01, 50]).gate == gate  # agreeing keywords are fine
+    q, kv = inputs()
+    for mode in ("train", "eval"):
+        getattr(by_kw, mode)(), getattr(by_gate, mode)()
+        torch.manual_seed(3)
+        a = by_kw(q, kv, kv)
+        torch.manual_seed(3)
+        b = by_gate(q, kv, kv)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_gate_conflicts_are_clear_errors():
+    with pytest.raises(ValueError, match="normalize='none'.*disagree"):
+        HardKumaAttention(8, 2, gate=GateConfig(normalize="sum"), normalize="none")
+    with pytest.raises(ValueError, match="ab_range"):
+        HardKumaAttention(8, 2, gate="attention", ab_clamp=(0.1, 10.0))
+    with pytest.raises(ValueError, match="ab_map must be 'clamp'"):
+        HardKumaAttention(8, 2, gate="rationale")
+    with pytest.raises(ValueError, match="unknown gate preset"):
+        HardKumaAttention(8, 2, gate="nope")
+    with pytest.raises(TypeError, match="GateConfig or a preset name"):
+        HardKumaAttention(8, 2, gate={"normalize": "sum"})
+
+
+def test_pickled_module_round_trip_keeps_gate():
+    """A whole module saved with ``torch.save`` (and one pickled before ``gate`` existed, with
+    the three fields as attributes) loads with its gate."""
+    m = make(normalize="sum", ab_clamp=(0.01, 50.0)).eval()
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    m2 = torch.load(buf, weights_only=False)
+    assert m2.gate == m.gate
+    state = dict(m.__dict__)
+    state.pop("gate")
+    state.update(normalize="sum", support=(-0.1, 1.1), ab_clamp=(0.01, 50.0))
+    old = HardKumaAttention.__new__(HardKumaAttention)
+    old.__setstate__(state)
+    assert old.gate == m.gate and old.ab_clamp == (0.01, 50.0)
+    q, kv = inputs()
+    assert torch.equal(old(q, kv, kv)[0], m(q, kv, kv)[0])
+
+
+def test_convert_passes_gate():
+    model = nn.TransformerEncoderLayer(E, H, batch_first=True)
+    convert(model, gate=GateConfig(normalize="sum"))
+    assert model.self_attn.gate.normalize == "sum"
 
 
 def test_from_softmax_copies_projections():

@@ -1,15 +1,12 @@
-"""Issue #12: the Multi30k prepare step (recipes/multi30k/text.py prepare) checks every split before
+"""Issue #12: the Multi30k prepare step (fairseq_plugins.translation.text prepare) checks every split before
 writing anything; bad bytes / empty sentences / misaligned files -> one line naming file:line."""
 import gzip
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("multi30k_text", ROOT / "recipes/multi30k/text.py")
-text = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(text)
+pytest.importorskip("fairseq")
+
+from fairseq_plugins.translation import text  # noqa: E402
 
 
 def _raw(tmp_path, **override):

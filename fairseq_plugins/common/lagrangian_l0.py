@@ -16,7 +16,18 @@ nothing is cached on the model.  With ``--l0-target t`` the penalty is (see
 :class:`hardkuma_attention.LagrangianConstraint`)::
 
     measured = sum_cells P(z != 0) / #cells         (expected L0 of the constrained keys)
-    penalty  = sample_size * stopgrad(lambda) * c_hat(measured - t)
+    m       <- alpha m + (1 - alpha) (observed - t)  (observed: measured, or the non-zero rate)
+    penalty  = sample_size * stopgrad(lambda + damping m) * (measured - t)
+
+The controller (``alpha``, ``lr``, the multiplier's bounds, ``equality``, ``damping``,
+``observe``) is one :class:`hardkuma_attention.config.ControllerConfig`: ``--l0-preset NAME``
+(default ``paper``: Bastings et al. 2019, damping 0, observe ``expected``) with each
+``--l0-lagrange-lr``, ``--l0-lagrange-alpha``, ``--l0-lambda-init/min/max``, ``--l0-equality``,
+``--l0-damping``, ``--l0-observe`` that is given replacing the preset's field
+(:func:`controller_from_cfg`).  ``--l0-observe decoded`` tracks ``AttentionStats.nonzero_rate``,
+the fraction of exactly non-zero weights of the same forward pass (in training: of the sampled
+gates; the core reports no deterministic-gate count during training, that would need a second
+pass), a proxy Lagrangian as in the rationale trainer; the gradient stays that of ``measured``.
 
 multiplied by ``sample_size`` because fairseq divides the summed loss by ``sample_size`` before
 the backward pass, so the per-unit objective is ``task_loss / sample_size + lambda * c_hat``.
@@ -67,21 +78,33 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from fairseq.criterions import FairseqCriterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from torch import nn
 
-from hardkuma_attention import AttentionStats, LagrangianConstraint, collect_attention_stats
+from hardkuma_attention import AttentionStats, collect_attention_stats
+from hardkuma_attention.config import CONTROLLER_PRESETS, OBSERVE_MODES, ControllerConfig
 
-__all__ = ["LagrangianL0Config", "LagrangianL0", "LagrangianL0Criterion", "L0_LOG_KEYS", "check_world_size"]
+__all__ = [
+    "LagrangianL0Config", "LagrangianL0", "LagrangianL0Criterion", "L0_LOG_KEYS", "check_world_size", "controller_from_cfg",
+]
 
 # Keys of the logging_output dict written by LagrangianL0 (summable across batches and workers).
 L0_LOG_KEYS = ("l0_sum", "l0_cells", "l0_nonzero", "l0_lambda", "l0_lambda_n", "l0_penalty")
 
 
+PRESET_CHOICES = ChoiceEnum(sorted(CONTROLLER_PRESETS))
+OBSERVE_CHOICES = ChoiceEnum(list(OBSERVE_MODES))
+
+
 @dataclass
 class LagrangianL0Config(FairseqDataclass):
-    """Command-line options of the L0 constraint; inherit from it in a criterion's config."""
+    """Command-line options of the L0 constraint; inherit from it in a criterion's config.
+
+    The controller is ``ControllerConfig.preset(--l0-preset)`` with every controller flag that is
+    given replacing its field (:func:`controller_from_cfg`); an unset flag (None) keeps the preset's
+    value, so the defaults are the paper's (``--l0-preset paper``).
+    """
 
     l0_target: Optional[float] = field(
         default=None,
@@ -97,22 +120,69 @@ class LagrangianL0Config(FairseqDataclass):
             "empty: all HardKuma attentions"
         },
     )
-    l0_lagrange_lr: float = field(
-        default=0.01, metadata={"help": "step size eta of the multiplier update (paper: 0.01)"}
+    l0_preset: PRESET_CHOICES = field(
+        default="paper",
+        metadata={"help": "controller preset (hardkuma_attention.config.CONTROLLER_PRESETS); the "
+                  "--l0-* controller flags below override its fields"},
     )
-    l0_lagrange_alpha: float = field(
-        default=0.99, metadata={"help": "moving-average decay of the constraint (paper: 0.99)"}
+    l0_lagrange_lr: Optional[float] = field(
+        default=None, metadata={"help": "step size eta of the multiplier update (default: the preset's; paper 0.01)"}
     )
-    l0_lambda_init: float = field(default=1e-4, metadata={"help": "initial multiplier (paper: 1e-4)"})
-    l0_lambda_min: float = field(default=1e-12, metadata={"help": "lower bound of the multiplier"})
-    l0_lambda_max: float = field(default=5.0, metadata={"help": "upper bound of the multiplier"})
-    l0_equality: bool = field(
-        default=False,
+    l0_lagrange_alpha: Optional[float] = field(
+        default=None, metadata={"help": "moving-average decay of the constraint (default: the preset's; paper 0.99)"}
+    )
+    l0_lambda_init: Optional[float] = field(
+        default=None, metadata={"help": "initial multiplier (default: the preset's; paper 1e-4)"}
+    )
+    l0_lambda_min: Optional[float] = field(
+        default=None, metadata={"help": "lower bound of the multiplier (default: the preset's; paper 1e-12)"}
+    )
+    l0_lambda_max: Optional[float] = field(
+        default=None, metadata={"help": "upper bound of the multiplier (default: the preset's; paper 5)"}
+    )
+    l0_equality: Optional[bool] = field(
+        default=None,
         metadata={
             "help": "drive the expected L0 to --l0-target from both sides (lambda may turn negative) "
-            "instead of only keeping it below"
+            "instead of only keeping it below (default: the preset's; paper: off)"
         },
     )
+    l0_damping: Optional[float] = field(
+        default=None,
+        metadata={"help": "proportional term d >= 0 of the penalty stopgrad(lambda + d m) (default: the "
+                  "preset's; paper 0)"},
+    )
+    l0_observe: Optional[OBSERVE_CHOICES] = field(
+        default=None,
+        metadata={"help": "what the multiplier tracks: expected (the expected L0, the paper) or decoded "
+                  "(the measured fraction of exactly non-zero gates of the same forward pass; the "
+                  "gradient still comes from the expected L0) (default: the preset's)"},
+    )
+
+
+# LagrangianL0Config field -> ControllerConfig field
+_CONTROLLER_FLAGS = {
+    "l0_lagrange_lr": "lr",
+    "l0_lagrange_alpha": "alpha",
+    "l0_lambda_init": "lambda_init",
+    "l0_lambda_min": "lambda_min",
+    "l0_lambda_max": "lambda_max",
+    "l0_equality": "equality",
+    "l0_damping": "damping",
+    "l0_observe": "observe",
+}
+
+
+def controller_from_cfg(cfg: Any) -> ControllerConfig:
+    """The controller of any object with :class:`LagrangianL0Config` fields (missing ones count
+    as unset): ``ControllerConfig.preset(cfg.l0_preset).replace(<the flags that are set>)``."""
+    preset = getattr(cfg, "l0_preset", None)
+    overrides = {}
+    for flag, name in _CONTROLLER_FLAGS.items():
+        value = getattr(cfg, flag, None)
+        if value is not None:
+            overrides[name] = str(value) if name == "observe" else value
+    return ControllerConfig.preset(str(preset) if preset is not None else "paper").replace(**overrides)
 
 
 def _parse_keys(keys: str | Sequence[str] | None) -> Tuple[str, ...]:
@@ -129,58 +199,38 @@ class LagrangianL0(nn.Module):
     Args:
         target: constraint level (fraction of cells); None: log only, no penalty.
         keys: stats keys whose cells are constrained (empty: all collected stats).
-        lr, alpha, lambda_init, lambda_min, lambda_max, equality: see :class:`LagrangianConstraint`.
+        controller: the :class:`~hardkuma_attention.config.ControllerConfig` (default: the
+            paper's, ``ControllerConfig.preset("paper")``).  ``observe="decoded"``: the multiplier
+            tracks the measured fraction of exactly non-zero weights of the same forward pass
+            (``AttentionStats.nonzero_rate``: the sampled gates in training, the only non-zero count
+            the core reports without a second, deterministic pass); the penalty's gradient is that
+            of the expected L0.  ``warmup`` must be 0 (the criteria do not count updates).
     """
 
     def __init__(
         self,
         target: Optional[float] = None,
         keys: str | Sequence[str] | None = (),
-        lr: float = 0.01,
-        alpha: float = 0.99,
-        lambda_init: float = 1e-4,
-        lambda_min: float = 1e-12,
-        lambda_max: float = 5.0,
-        equality: bool = False,
+        controller: Optional[ControllerConfig] = None,
     ):
         super().__init__()
         if target is not None and not 0.0 <= target <= 1.0:
             raise ValueError(f"--l0-target must be in [0, 1], got {target}")
+        self.controller = ControllerConfig.preset("paper") if controller is None else controller
+        if self.controller.warmup:
+            raise ValueError(f"the fairseq L0 criteria have no constraint warmup, got warmup={self.controller.warmup}")
         self.target = target
         self.keys = _parse_keys(keys)
-        self.constraint = (
-            LagrangianConstraint(
-                target, alpha=alpha, lr=lr, lambda_init=lambda_init,
-                lambda_min=lambda_min, lambda_max=lambda_max, equality=equality,
-            )
-            if target is not None
-            else None
-        )
+        self.constraint = self.controller.build(target) if target is not None else None
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "LagrangianL0":
         """Build from any config object with the :class:`LagrangianL0Config` fields."""
-        return cls(
-            target=cfg.l0_target, keys=cfg.l0_keys, lr=cfg.l0_lagrange_lr, alpha=cfg.l0_lagrange_alpha,
-            lambda_init=cfg.l0_lambda_init, lambda_min=cfg.l0_lambda_min, lambda_max=cfg.l0_lambda_max,
-            equality=bool(getattr(cfg, "l0_equality", False)),
-        )
+        return cls(target=cfg.l0_target, keys=cfg.l0_keys, controller=controller_from_cfg(cfg))
 
     @property
     def multiplier(self) -> Optional[float]:
         return None if self.constraint is None else self.constraint.multiplier
-
-    def constrained_total(self, stats: collect_attention_stats) -> Optional[AttentionStats]:
-        """Sum of the collected stats whose key is constrained (all when no keys are given)."""
-        if not self.keys:
-            return stats.total()
-        totals = [t for t in (stats.total(k) for k in self.keys) if t is not None]
-        if not totals:
-            return None
-        out = totals[0]
-        for t in totals[1:]:
-            out = out + t
-        return out
 
     def forward(
         self, stats: collect_attention_stats, sample_size: float
@@ -198,7 +248,7 @@ class LagrangianL0(nn.Module):
                 log.update(self._stat_entries(stats.total(key), ":" + key))
         penalty = None
         if self.constraint is not None:
-            constrained = self.constrained_total(stats)
+            constrained = stats.total(self.keys or None)
             if self.training:
                 penalty = self._constraint_penalty(constrained, sample_size)
             if penalty is not None:
@@ -215,7 +265,9 @@ class LagrangianL0(nn.Module):
         if constrained is None:
             self.constraint.update_from_sums(0.0, 0.0)
             return None
-        return self.constraint(constrained.expected_l0, count=constrained.cells) * float(sample_size)
+        observed = constrained.nonzero_rate if self.controller.observe == "decoded" else None
+        penalty = self.constraint(constrained.expected_l0, observed=observed, count=constrained.cells)
+        return penalty * float(sample_size)
 
     @staticmethod
     def _stat_entries(total: AttentionStats, suffix: str) -> Dict[str, torch.Tensor]:

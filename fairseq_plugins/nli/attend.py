@@ -33,13 +33,15 @@ Shapes: ``p`` (B, P, D), ``h`` (B, H, D), ``mask`` (B, P, H) bool (True = both w
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
-from hardkuma_attention.distributions import DEFAULT_SUPPORT
-from hardkuma_attention.functional import NORMALIZE_MODES, normalize_gates, scaled_dot_product_hardkuma
+from hardkuma_attention.config import GateConfig
+from hardkuma_attention.functional import normalize_gates, scaled_dot_product_hardkuma
+
+from ..common.gates import GateOptions, attention_gate, core_gate_kwargs
 
 __all__ = ["FeedForward", "TwinFeedForward", "Alignment", "SoftmaxAttend", "HardKumaAttend", "STATS_KEY", "ATTEND_MLPS"]
 
@@ -119,31 +121,32 @@ class SoftmaxAttend(nn.Module):
         return Alignment(to_h, to_p, to_h)
 
 
-class HardKumaAttend(nn.Module):
-    """HardKuma attend step; see the module docstring.  ``stats_key`` labels its AttentionStats."""
+class HardKumaAttend(GateOptions, nn.Module):
+    """HardKuma attend step; see the module docstring.  ``stats_key`` labels its AttentionStats.
+
+    ``gate``: a :class:`~hardkuma_attention.config.GateConfig` (default: the ``"attention"``
+    preset, ``normalize="none"``, the paper); ``normalize``, ``support``, ``ab_clamp`` (=
+    ``ab_range``) replace its fields when given.
+    """
 
     def __init__(
         self,
         dim: int,
         hidden_dim: int,
         dropout: float,
-        normalize: str = "none",
-        support: Tuple[float, float] = DEFAULT_SUPPORT,
-        ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+        normalize: Optional[str] = None,
+        support: Optional[Tuple[float, float]] = None,
+        ab_clamp: Optional[Tuple[float, float]] = None,
         stats_key: str = STATS_KEY,
         mlp: str = "separate",
+        gate: Optional[GateConfig] = None,
     ):
         super().__init__()
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if mlp not in ATTEND_MLPS:
             raise ValueError(f"mlp must be one of {ATTEND_MLPS}, got {mlp!r}")
-        if not support[0] < 0 < 1 < support[1]:
-            raise ValueError(f"HardKuma support must satisfy l < 0 < 1 < r, got {support}")
+        self.gate = attention_gate(gate, default_normalize="none", normalize=normalize, support=support,
+                                   ab_clamp=ab_clamp)
         self.f_ab = TwinFeedForward(dim, hidden_dim, dropout, shared=(mlp == "shared"))
-        self.normalize = normalize
-        self.support = (float(support[0]), float(support[1]))
-        self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
         self.stats_key = stats_key
 
     def extra_repr(self) -> str:
@@ -165,8 +168,8 @@ class HardKumaAttend(nn.Module):
         # z (B, P, H), exactly 0 on masked cells, and reports the stats to any collector; its
         # output (values h; = beta when normalize is "none") is not used: the model pools itself.
         _, gates, _ = scaled_dot_product_hardkuma(
-            fa_p, fa_h, fb_p, fb_h, h, scale=1.0, valid=mask, training=self.training, normalize="none",
-            support=self.support, ab_clamp=self.ab_clamp, need_weights=True, stats_key=self.stats_key,
+            fa_p, fa_h, fb_p, fb_h, h, scale=1.0, valid=mask, training=self.training,
+            **core_gate_kwargs(self.gate.replace(normalize="none")), need_weights=True, stats_key=self.stats_key,
         )
         score_a = torch.bmm(fa_p, fa_h.transpose(1, 2)) if self.normalize == "softmax" else None
         to_h = normalize_gates(gates, self.normalize, score_a, mask)

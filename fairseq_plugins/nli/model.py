@@ -22,6 +22,9 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from torch import nn
 
+from hardkuma_attention.config import DEFAULT_AB_RANGE, GateConfig
+from hardkuma_attention.distributions import DEFAULT_SUPPORT
+
 from .attend import FeedForward, HardKumaAttend, SoftmaxAttend
 from .embeddings import pretrained_embedding_matrix
 
@@ -52,8 +55,8 @@ class DecomposableAttentionConfig(FairseqDataclass):
         default="separate",
         metadata={"help": "F_a, F_b: two separate 2-layer MLPs (paper) or a shared first layer (cheaper)"},
     )
-    hardkuma_support: str = field(default="-0.1,1.1", metadata={"help": "HardKuma stretch interval l,r"})
-    hardkuma_ab_clamp: str = field(default="0.001,100", metadata={"help": "bounds of a and b: min,max"})
+    hardkuma_support: str = field(default=f"{DEFAULT_SUPPORT[0]:g},{DEFAULT_SUPPORT[1]:g}", metadata={"help": "HardKuma stretch interval l,r"})
+    hardkuma_ab_clamp: str = field(default=f"{DEFAULT_AB_RANGE[0]:g},{DEFAULT_AB_RANGE[1]:g}", metadata={"help": "bounds of a and b: min,max"})
 
 
 def _pair(text: str, name: str):
@@ -62,6 +65,15 @@ def _pair(text: str, name: str):
     except ValueError:
         raise ValueError(f"--{name.replace('_', '-')} expects two comma-separated numbers, got {text!r}") from None
     return lo, hi
+
+
+def gate_from_cfg(cfg: DecomposableAttentionConfig) -> GateConfig:
+    """The :class:`~hardkuma_attention.config.GateConfig` of ``--attention-normalize``,
+    ``--hardkuma-support`` and ``--hardkuma-ab-clamp``."""
+    return GateConfig.preset(
+        "attention", normalize=str(cfg.attention_normalize), support=_pair(cfg.hardkuma_support, "hardkuma_support"),
+        ab_range=_pair(cfg.hardkuma_ab_clamp, "hardkuma_ab_clamp"),
+    )
 
 
 @register_model("decomposable_attention", dataclass=DecomposableAttentionConfig)
@@ -75,12 +87,7 @@ class DecomposableAttentionModel(BaseFairseqModel):
         self.project = nn.Linear(embed_tokens.embedding_dim, d, bias=False)
         self.null = None if cfg.no_null_token else nn.Parameter(torch.randn(d) * d**-0.5)
         if cfg.attention == "hardkuma":
-            self.attend = HardKumaAttend(
-                d, d, cfg.dropout, normalize=str(cfg.attention_normalize),
-                support=_pair(cfg.hardkuma_support, "hardkuma_support"),
-                ab_clamp=_pair(cfg.hardkuma_ab_clamp, "hardkuma_ab_clamp"),
-                mlp=str(cfg.hardkuma_attend_mlp),
-            )
+            self.attend = HardKumaAttend(d, d, cfg.dropout, gate=gate_from_cfg(cfg), mlp=str(cfg.hardkuma_attend_mlp))
         else:
             self.attend = SoftmaxAttend(d, d, cfg.dropout)
         self.compare = FeedForward(2 * d, d, cfg.dropout)

@@ -5,7 +5,7 @@ r"""Load a trained NLI checkpoint from Python and predict / inspect attention.
     out = nli.predict("a man is playing a guitar .", "a person plays music .")
     out.label, out.probs, out.attention   # attention: (P', H') gates / weights, NULL row/col first
 
-Sentences are tokenised by the caller (``recipes/snli/prepare_data.py:tokenize`` gives the
+Sentences are tokenised by the caller (:func:`fairseq_plugins.nli.prepare_data.tokenize` gives the
 recipe's tokenisation); words are split on spaces and unknown words map to ``<unk>``.  The model
 runs in eval mode: HardKuma gates are the deterministic ones.
 """

@@ -2,7 +2,7 @@ r"""``label_smoothed_cross_entropy_l0``: label-smoothed cross-entropy + Lagrangi
 
     loss = sum_tokens LS-CE  +  sample_size * stopgrad(lambda) * c_hat(mean P(z != 0) - l0_target)
 
-The constraint part (``--l0-target``, ``--l0-keys``, ``--l0-lagrange-lr``, ... and the logged
+The constraint part (``--l0-target``, ``--l0-keys``, ``--l0-preset``, ``--l0-lagrange-lr``, ... and the logged
 ``l0``/``nz``/``lambda`` metrics, also per attention type: ``l0_cross``, ``nz_cross``,
 ``l0_encoder_self``, ...) is the shared :class:`fairseq_plugins.common.LagrangianL0Criterion`;
 this module only adds fairseq's label-smoothed loss (:func:`label_smoothed_nll_loss`) to it.

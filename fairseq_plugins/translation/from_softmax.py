@@ -26,10 +26,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from hardkuma_attention.config import DEFAULT_AB_RANGE, NORMALIZE_MODES
 from hardkuma_attention.distributions import DEFAULT_SUPPORT
-from hardkuma_attention.functional import NORMALIZE_MODES
 
-from .model import ATTENTION_CHOICES, HardKumaOptions
+from .model import ATTENTION_CHOICES, HardKumaOptions, gate_from_args
 
 __all__ = ["convert_checkpoint", "softmax_to_hardkuma_state", "main"]
 
@@ -76,10 +76,10 @@ def softmax_to_hardkuma_state(state: dict, options: HardKumaOptions) -> dict:
         ("_name", HARDKUMA_MODEL),
         ("arch", HARDKUMA_MODEL),
         ("hardkuma_attention", options.attention),
-        ("hardkuma_normalize", options.normalize),
-        ("hardkuma_support_left", float(options.support[0])),
-        ("hardkuma_support_right", float(options.support[1])),
-        ("hardkuma_ab_max", float(options.ab_clamp[1])),
+        ("hardkuma_normalize", options.gate.normalize),
+        ("hardkuma_support_left", float(options.gate.support[0])),
+        ("hardkuma_support_right", float(options.gate.support[1])),
+        ("hardkuma_ab_max", float(options.gate.ab_range[1])),
     ):
         _set(model_cfg, field, value)
     out = {k: v for k, v in state.items() if k not in ("last_optimizer_state", "optimizer_history", "extra_state")}
@@ -122,20 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hardkuma-normalize", choices=NORMALIZE_MODES, default="softmax")
     p.add_argument("--hardkuma-support-left", type=float, default=DEFAULT_SUPPORT[0])
     p.add_argument("--hardkuma-support-right", type=float, default=DEFAULT_SUPPORT[1])
-    p.add_argument("--hardkuma-ab-max", type=float, default=100.0)
+    p.add_argument("--hardkuma-ab-max", type=float, default=DEFAULT_AB_RANGE[1])
     return p
 
 
 def _options(args) -> Tuple[Optional[HardKumaOptions], Optional[str]]:
     if not args.hardkuma_support_left < 0.0 or not args.hardkuma_support_right > 1.0:
         return None, "--hardkuma-support-left must be < 0 and --hardkuma-support-right > 1"
-    if not args.hardkuma_ab_max > 1e-3:
-        return None, "--hardkuma-ab-max must be > 0.001"
-    return HardKumaOptions(
-        attention=args.hardkuma_attention, normalize=args.hardkuma_normalize,
-        support=(args.hardkuma_support_left, args.hardkuma_support_right),
-        ab_clamp=(1e-3, args.hardkuma_ab_max),
-    ), None
+    if not args.hardkuma_ab_max > DEFAULT_AB_RANGE[0]:
+        return None, f"--hardkuma-ab-max must be > {DEFAULT_AB_RANGE[0]}"
+    return HardKumaOptions(attention=args.hardkuma_attention, gate=gate_from_args(args)), None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -44,9 +44,11 @@ from torch import Tensor
 
 from fairseq.modules.multihead_attention import MultiheadAttention
 
-from hardkuma_attention.distributions import DEFAULT_SUPPORT
-from hardkuma_attention.functional import NORMALIZE_MODES, scaled_dot_product_hardkuma
+from hardkuma_attention.config import GateConfig
+from hardkuma_attention.functional import scaled_dot_product_hardkuma
 from hardkuma_attention.masks import is_causal_mask, merge_masks as merge_core_masks
+
+from ..common.gates import GateOptions, attention_gate, core_gate_kwargs
 
 __all__ = ["HardKumaMultiheadAttention", "merge_masks"]
 
@@ -103,12 +105,14 @@ def merge_masks(
     )
 
 
-class HardKumaMultiheadAttention(MultiheadAttention):
+class HardKumaMultiheadAttention(GateOptions, MultiheadAttention):
     """Drop-in for ``fairseq.modules.MultiheadAttention`` with HardKuma gates (see module doc).
 
-    Extra args: ``normalize`` ("sum" | "none" | "softmax"), ``support`` (stretch interval),
-    ``ab_clamp`` (bounds of a and b), ``stats_key`` (label of the reported stats, e.g.
-    ``"encoder_self"``, ``"decoder_self"``, ``"cross"``).  ``add_bias_kv``/``add_zero_attn``,
+    Extra args: ``gate`` (a :class:`~hardkuma_attention.config.GateConfig`; default the
+    ``"attention"`` preset with ``normalize="sum"``), whose fields ``normalize`` ("sum" | "none" |
+    "softmax"), ``support`` (stretch interval) and ``ab_clamp`` (= ``ab_range``, bounds of a and b)
+    replace when given; ``stats_key`` (label of the reported stats, e.g. ``"encoder_self"``,
+    ``"decoder_self"``, ``"cross"``).  ``add_bias_kv``/``add_zero_attn``,
     xformers and ``before_softmax`` are not supported.
     """
 
@@ -124,9 +128,10 @@ class HardKumaMultiheadAttention(MultiheadAttention):
         encoder_decoder_attention: bool = False,
         q_noise: float = 0.0,
         qn_block_size: int = 8,
-        normalize: str = "sum",
-        support: Tuple[float, float] = DEFAULT_SUPPORT,
-        ab_clamp: Tuple[float, float] = (1e-3, 100.0),
+        gate: Optional[GateConfig] = None,
+        normalize: Optional[str] = None,
+        support: Optional[Tuple[float, float]] = None,
+        ab_clamp: Optional[Tuple[float, float]] = None,
         stats_key: Optional[str] = None,
     ):
         super().__init__(
@@ -134,15 +139,10 @@ class HardKumaMultiheadAttention(MultiheadAttention):
             self_attention=self_attention, encoder_decoder_attention=encoder_decoder_attention,
             q_noise=q_noise, qn_block_size=qn_block_size,
         )
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if self.head_dim % 2:
             raise ValueError(f"HardKuma attention splits each head in two halves: head dim {self.head_dim} is odd")
-        if not (0 < ab_clamp[0] < ab_clamp[1]):
-            raise ValueError(f"ab_clamp must satisfy 0 < min < max, got {ab_clamp}")
-        self.normalize = normalize
-        self.support = (float(support[0]), float(support[1]))
-        self.ab_clamp = (float(ab_clamp[0]), float(ab_clamp[1]))
+        self.gate = attention_gate(gate, default_normalize="sum", normalize=normalize, support=support,
+                                   ab_clamp=ab_clamp)
         self.stats_key = stats_key
 
     def extra_repr(self) -> str:
@@ -258,9 +258,9 @@ class HardKumaMultiheadAttention(MultiheadAttention):
         valid, bias = merge_masks(key_padding_mask, attn_mask, kv_bsz, group, H, tgt_len, src_len, q.dtype)
         out, weights, _ = scaled_dot_product_hardkuma(
             q[..., :half], k[..., :half], q[..., half:], k[..., half:], v, scale=1.0 / math.sqrt(half),
-            valid=valid, bias=bias, is_causal=causal, training=self.training, normalize=self.normalize,
-            support=self.support, ab_clamp=self.ab_clamp, dropout_p=self.dropout_module.p if self.training else 0.0,
-            need_weights=need_weights, stats_key=self.stats_key,
+            valid=valid, bias=bias, is_causal=causal, training=self.training, **core_gate_kwargs(self.gate),
+            dropout_p=self.dropout_module.p if self.training else 0.0, need_weights=need_weights,
+            stats_key=self.stats_key,
         )  # stats go to any active collect_attention_stats() context
         return unfold_group(out, group), (None if weights is None else unfold_group(weights, group))
 

@@ -22,7 +22,6 @@ reported to :func:`hardkuma_attention.collect_attention_stats`: ``encoder_self``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
@@ -36,31 +35,44 @@ from fairseq.models.transformer.transformer_legacy import base_architecture
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 
+from hardkuma_attention.config import DEFAULT_AB_RANGE, NORMALIZE_MODES, GateConfig
 from hardkuma_attention.distributions import DEFAULT_SUPPORT
-from hardkuma_attention.functional import NORMALIZE_MODES
 
 from .hardkuma_multihead_attention import HardKumaMultiheadAttention
 
-__all__ = ["HardKumaOptions", "HardKumaTransformerModel", "ATTENTION_CHOICES", "STATS_KEYS"]
+__all__ = ["HardKumaOptions", "HardKumaTransformerModel", "ATTENTION_CHOICES", "STATS_KEYS", "gate_from_args"]
 
 ATTENTION_CHOICES = ("none", "cross", "self", "all")
 STATS_KEYS = ("encoder_self", "decoder_self", "cross")
 
 
+def gate_from_args(args) -> GateConfig:
+    """The :class:`~hardkuma_attention.config.GateConfig` of the ``--hardkuma-normalize``,
+    ``--hardkuma-support-left/right`` and ``--hardkuma-ab-max`` args (absent: the architecture's
+    defaults, ``softmax``, ``DEFAULT_SUPPORT``, ``DEFAULT_AB_RANGE``); ``ab_range`` is
+    ``(DEFAULT_AB_RANGE[0], --hardkuma-ab-max)``."""
+    normalize = getattr(args, "hardkuma_normalize", None) or "softmax"
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"--hardkuma-normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    return GateConfig.preset(
+        "attention", normalize=normalize,
+        support=(float(getattr(args, "hardkuma_support_left", DEFAULT_SUPPORT[0])),
+                 float(getattr(args, "hardkuma_support_right", DEFAULT_SUPPORT[1]))),
+        ab_range=(DEFAULT_AB_RANGE[0], float(getattr(args, "hardkuma_ab_max", DEFAULT_AB_RANGE[1]))),
+    )
+
+
 @dataclass(frozen=True)
 class HardKumaOptions:
-    """Which attentions use HardKuma gates, and how (read from ``--hardkuma-*`` args)."""
+    """Which attentions use HardKuma gates (``attention``), and how (``gate``), read from the
+    ``--hardkuma-*`` args."""
 
     attention: str = "cross"
-    normalize: str = "softmax"
-    support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_clamp: Tuple[float, float] = (1e-3, 100.0)
+    gate: GateConfig = GateConfig.preset("attention", normalize="softmax")
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"--hardkuma-attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
-        if self.normalize not in NORMALIZE_MODES:
-            raise ValueError(f"--hardkuma-normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
 
     @property
     def self_attention(self) -> bool:
@@ -71,18 +83,11 @@ class HardKumaOptions:
         return self.attention in ("cross", "all")
 
     def module_kwargs(self, stats_key: str) -> dict:
-        return {"normalize": self.normalize, "support": self.support, "ab_clamp": self.ab_clamp,
-                "stats_key": stats_key}
+        return {"gate": self.gate, "stats_key": stats_key}
 
     @classmethod
     def from_args(cls, args) -> "HardKumaOptions":
-        return cls(
-            attention=getattr(args, "hardkuma_attention", "cross"),
-            normalize=getattr(args, "hardkuma_normalize", "softmax"),
-            support=(float(getattr(args, "hardkuma_support_left", DEFAULT_SUPPORT[0])),
-                     float(getattr(args, "hardkuma_support_right", DEFAULT_SUPPORT[1]))),
-            ab_clamp=(1e-3, float(getattr(args, "hardkuma_ab_max", 100.0))),
-        )
+        return cls(attention=getattr(args, "hardkuma_attention", "cross"), gate=gate_from_args(args))
 
 
 def _wrap_layer(layer, cfg):
@@ -193,7 +198,7 @@ def transformer_hardkuma_base(args):
     args.hardkuma_normalize = getattr(args, "hardkuma_normalize", None) or "softmax"
     args.hardkuma_support_left = getattr(args, "hardkuma_support_left", None) or DEFAULT_SUPPORT[0]
     args.hardkuma_support_right = getattr(args, "hardkuma_support_right", None) or DEFAULT_SUPPORT[1]
-    args.hardkuma_ab_max = getattr(args, "hardkuma_ab_max", None) or 100.0
+    args.hardkuma_ab_max = getattr(args, "hardkuma_ab_max", None) or DEFAULT_AB_RANGE[1]
     base_architecture(args)
 
 

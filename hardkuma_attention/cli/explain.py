@@ -171,21 +171,15 @@ def _mask_config(args):
     from ..config import ControllerConfig
     from ..explain.mask import MaskConfig
 
-    controller = ControllerConfig.preset("explain").replace(lr=args.lagrange_lr)
-    if "controller" in {f.name for f in dataclasses.fields(MaskConfig)}:
-        return MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, controller=controller, seed=args.seed)
-    # MaskConfig before its `controller` field (the explain branch): removed at merge
-    return MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, lagrange_lr=controller.lr, seed=args.seed)
+    return MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, seed=args.seed,
+                      controller=ControllerConfig.preset("explain").replace(lr=args.lagrange_lr))
 
 
 def _default_l0_target() -> float:
     """``--l0-target``'s default: :class:`~hardkuma_attention.explain.mask.MaskConfig`'s."""
     from ..explain.mask import MaskConfig
 
-    fields = {f.name: f for f in dataclasses.fields(MaskConfig)}
-    if "controller" not in fields:  # MaskConfig before the explain branch (default 0.2 there): removed at merge
-        return 0.1
-    return fields["l0_target"].default
+    return {f.name: f for f in dataclasses.fields(MaskConfig)}["l0_target"].default
 
 
 def _write_method_pages(out: Path, args, rows, records) -> None:

@@ -12,6 +12,9 @@ r"""Explaining trained classifiers.
 - :mod:`.text`  explaining a ``hardkuma-rationale train`` text classifier: mask optimisation vs
   input×gradient, integrated gradients and occlusion, token F1 / IOU-F1 / AUPRC vs human spans, ERASER
   faithfulness with AOPC;
+- :mod:`.models` the classifier of a ``hardkuma-rationale train`` model as a function of embeddings
+  (:func:`~.models.full_text_logits`) and :func:`~.models.eval_mode` (eval mode inside, every
+  module's mode restored on exit);
 - :mod:`.plot`  PNG of image masks;
 - :mod:`.cli`   ``python -m hardkuma_attention.explain decoy-digits|mask|rrr-eval``.
 

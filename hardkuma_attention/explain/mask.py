@@ -22,14 +22,19 @@ Mask parameterisations (``MaskConfig.parameterization``):
   mask (seen in the marker test).
 - ``"logit"``: ``m_i = sigmoid(θ_i)`` (no σ term).
 
-Gates (``MaskConfig.gate``):
+Gates (``MaskConfig.gate_type``):
 
 - ``"sigmoid"``: ``m`` as above, penalty ``λ_w (mean m)^2``;
-- ``"hardkuma"``: ``m_i ~ HardKuma(a_i, b_i)`` with ``a_i`` from the parameterisation's score
-  (the argument of the sigmoid) and ``b_i`` a free per-position score, reparameterised samples
-  while optimising and ``HardKuma.deterministic()`` for the result; the ``(mean m)^2`` penalty is
-  replaced by the expected L0 (mean of ``1 - P(m_i = 0)``) under a per-input
-  :class:`~hardkuma_attention.LagrangianConstraint` (``l0 <= target``).
+- ``"hardkuma"``: ``m_i ~ HardKuma(a_i, b_i)`` with ``a_i = gate.shape(s_i)`` from the
+  parameterisation's score ``s_i`` (the argument of the sigmoid) and ``b_i = gate.shape(s^b_i)``
+  from a free per-position score (``MaskConfig.gate``, a
+  :class:`~hardkuma_attention.config.GateConfig`: a/b map, range and support; preset
+  ``"rationale"``: ``a = exp(log 0.1 + log(100) sigmoid(s))``, support ``(-0.1, 1.1)``),
+  reparameterised samples while optimising and ``HardKuma.deterministic()`` for the result; the
+  ``(mean m)^2`` penalty is replaced by the expected L0 (mean of ``1 - P(m_i = 0)``) under a
+  per-input Lagrangian controller (``l0 <= l0_target``; ``MaskConfig.controller``, a
+  :class:`~hardkuma_attention.config.ControllerConfig`, preset ``"explain"``: α 0.9, lr 0.05,
+  λ_init 1, λ_max 10).
 
 Robustness tricks applied at every step: Gaussian noise (std 0.03) on the embeddings, and random
 5 % of the mask entries forced to 0 and 5 % forced to 1.  Adam, lr 3e-2, at most 900 steps; the
@@ -53,8 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..constraints import LagrangianConstraint
-from ..distributions import DEFAULT_SUPPORT, HardKumaraswamy
+from ..config import ControllerConfig, GateConfig
+from ..distributions import HardKumaraswamy
+from ..functional import expected_l0, masked_mean, nonzero_rate
 from ..rationale.extras import progress as progress_bar
 
 __all__ = [
@@ -64,9 +70,12 @@ __all__ = [
     "ClassifierFn",
     "KernelMask",
     "LogitMask",
+    "MaskGates",
     "sequence_positions",
     "image_positions",
     "kernel_logits",
+    "blend",
+    "target_probability",
     "mask_loss_terms",
     "total_variation",
     "optimise_masks",
@@ -78,16 +87,23 @@ ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``f(emb (B, T, D), valid (B, T) bool) -> logits (B, C)``, the frozen model."""
 
 PARAMETERIZATIONS = ("kernel", "logit")
-GATES = ("sigmoid", "hardkuma")
+GATE_TYPES = ("sigmoid", "hardkuma")
 
 
 @dataclass
 class MaskConfig:
     """Hyper-parameters; defaults are the paper's (λ_w = 1, λ_σ = 1.2, noise 0.03, 5 %/5 % forced
-    entries, Adam 3e-2, <= 900 steps)."""
+    entries, Adam 3e-2, <= 900 steps).
+
+    ``gate_type``: ``"sigmoid"`` or ``"hardkuma"`` (module docstring).  HardKuma only:
+    ``l0_target`` (the expected-L0 level, ``l0 <= target``), ``controller`` (the Lagrangian
+    controller of each input's constraint; ``observe="decoded"`` tracks the non-zero rate of the
+    deterministic mask, ``warmup`` steps carry no penalty) and ``gate`` (how the scores become
+    the shapes ``a``, ``b`` and the support).
+    """
 
     parameterization: str = "kernel"
-    gate: str = "sigmoid"
+    gate_type: str = "sigmoid"
     init_weight: Optional[float] = None  # None: 1.2 (sigmoid gate), 0.0 (hardkuma: a = b = 1 at the start)
     init_sigma: float = 2.0
     sigma_max: float = 10.0  # σ = sigma_max * sigmoid(s): bounds the otherwise unbounded -log σ reward
@@ -104,19 +120,24 @@ class MaskConfig:
     tol: float = 1e-3
     patience: int = 30
     # hardkuma gate
-    l0_target: float = 0.2
-    lagrange_lr: float = 0.05
-    lagrange_alpha: float = 0.9
-    lambda_init: float = 1.0
-    support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_range: Tuple[float, float] = (0.1, 10.0)
+    l0_target: float = 0.1
+    controller: ControllerConfig = ControllerConfig.preset("explain")
+    gate: GateConfig = GateConfig.preset("rationale")
     seed: int = 0
 
     def __post_init__(self):
         if self.parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.gate_type not in GATE_TYPES:
+            raise ValueError(f"gate_type must be one of {GATE_TYPES}, got {self.gate_type!r}")
+        if not isinstance(self.gate, GateConfig):
+            raise TypeError(f"gate must be a GateConfig (e.g. GateConfig.preset('rationale')), got {self.gate!r}; "
+                            f"the sigmoid / hardkuma choice is gate_type")
+        if not isinstance(self.controller, ControllerConfig):
+            raise TypeError(f"controller must be a ControllerConfig (e.g. ControllerConfig.preset('explain')), "
+                            f"got {self.controller!r}")
+        if not 0.0 <= self.l0_target <= 1.0:
+            raise ValueError(f"l0_target must be in [0, 1], got {self.l0_target}")
         for name in ("force_zero", "force_one"):
             v = getattr(self, name)
             if not 0.0 <= v < 0.5:
@@ -125,7 +146,7 @@ class MaskConfig:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if not 0 < self.init_sigma < self.sigma_max:
             raise ValueError(f"need 0 < init_sigma < sigma_max, got {self.init_sigma}, {self.sigma_max}")
-        hardkuma = self.gate == "hardkuma"
+        hardkuma = self.gate_type == "hardkuma"
         if self.init_weight is None:
             self.init_weight = 0.0 if hardkuma else 1.2
         if self.init_logit is None:
@@ -208,7 +229,7 @@ class KernelMask(nn.Module):
 
     def sigma_penalty(self) -> torch.Tensor:
         """``mean_j(-log σ_j)`` over valid positions, ``(B,)``."""
-        return _masked_mean(-self.log_sigma(), self.valid)
+        return masked_mean(-self.log_sigma(), self.valid, -1)
 
 
 class LogitMask(nn.Module):
@@ -226,15 +247,90 @@ class LogitMask(nn.Module):
         return torch.zeros(self.logit.size(0), device=self.logit.device)
 
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    v = valid.to(x.dtype)
-    return (x * v).sum(-1) / v.sum(-1).clamp_min(1.0)
+class MaskGates(nn.Module):
+    r"""The masks of a batch as a function of their free parameters, and (HardKuma) the
+    per-input constraints.
+
+    - ``gate_type="sigmoid"``: ``m = sigmoid(s)``, size penalty ``λ_w (mean_valid m)^2``;
+    - ``gate_type="hardkuma"``: ``m ~ HardKuma(gate.shape(s), gate.shape(s^b), gate.support)``,
+      size penalty ``stopgrad(λ_i) (L0_i - target)`` from one controller per input (a shared
+      multiplier would couple the inputs of a batch), with ``L0_i = mean_valid (1 - P(m = 0))``.
+
+    ``s`` ``(B, T)`` is the parameterisation's score (:class:`KernelMask` or :class:`LogitMask`),
+    ``s^b`` ``(B, T)`` a free score (init 0).
+    """
+
+    def __init__(self, config: MaskConfig, positions: torch.Tensor, valid: torch.Tensor):
+        super().__init__()
+        bsz, length = valid.shape
+        if config.parameterization == "kernel":
+            self.scores = KernelMask(bsz, length, positions, valid, config.init_weight, config.init_sigma,
+                                     config.sigma_max)
+        else:
+            self.scores = LogitMask(bsz, length, valid, config.init_logit)
+        self.config = config
+        self.hardkuma = config.gate_type == "hardkuma"
+        self.register_buffer("valid", valid)
+        self.score_b: Optional[nn.Parameter] = None
+        self.constraints: Optional[nn.ModuleList] = None
+        if self.hardkuma:
+            self.score_b = nn.Parameter(torch.zeros(bsz, length, device=valid.device))
+            self.constraints = nn.ModuleList(
+                config.controller.build(config.l0_target, valid_range=(0.0, 1.0)) for _ in range(bsz)
+            ).to(valid.device)
+
+    def trainable(self) -> List[nn.Parameter]:
+        """The parameters Adam updates (the scores', then ``s^b``)."""
+        return list(self.scores.parameters()) + ([self.score_b] if self.hardkuma else [])
+
+    def distribution(self, score: torch.Tensor) -> HardKumaraswamy:
+        gate = self.config.gate
+        return HardKumaraswamy(gate.shape(score), gate.shape(self.score_b), support=gate.support)
+
+    def sample(self, generator: torch.Generator, step: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(m (B, T), size penalty (B,))`` for training step ``step`` (0-based): a
+        reparameterised sample for HardKuma gates (which also updates the controllers)."""
+        score = self.scores()
+        if not self.hardkuma:
+            m = torch.sigmoid(score)
+            return m, self.config.lambda_w * masked_mean(m, self.valid, -1).pow(2)
+        dist = self.distribution(score)
+        m = dist.rsample(generator=generator)
+        return m, self.l0_penalty(dist, step)
+
+    def l0_penalty(self, dist: HardKumaraswamy, step: int) -> torch.Tensor:
+        """``(B,)``: each input's constraint on its expected L0 (0 during ``controller.warmup``);
+        the controller tracks the expected L0 or (``observe="decoded"``) the deterministic mask's
+        non-zero rate."""
+        l0 = expected_l0(dist, self.valid, -1)
+        if step < self.config.controller.warmup:
+            return torch.zeros_like(l0)
+        observed = [None] * len(l0)
+        if self.config.controller.observe == "decoded":
+            observed = nonzero_rate(dist.deterministic(), self.valid, -1).unbind()
+        return torch.stack([c(l0[i], observed[i]) for i, c in enumerate(self.constraints)])
+
+    @torch.no_grad()
+    def final(self) -> torch.Tensor:
+        """The result's mask ``(B, T)`` (0 on padding): ``sigmoid(s)`` or ``deterministic()``."""
+        score = self.scores()
+        m = torch.sigmoid(score) if not self.hardkuma else self.distribution(score).deterministic()
+        return m * self.valid.to(m.dtype)
+
+    def sigma_penalty(self) -> torch.Tensor:
+        return self.scores.sigma_penalty()
 
 
-def _log_range(score: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """``exp(log lo + (log hi - log lo) sigmoid(s))``: a HardKuma shape in ``[lo, hi]``, 1 at s=0
-    when ``lo * hi = 1``; its gradient never vanishes exactly."""
-    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(score))
+def blend(emb: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, complement)``: ``m ⊙ emb + (1 - m) ⊙ baseline`` and ``(1 - m) ⊙ emb + m ⊙ baseline``
+    for ``mask`` ``(B, T)`` (0 on padding), ``emb`` ``(B, T, D)``."""
+    m = mask.unsqueeze(-1)
+    return m * emb + (1 - m) * baseline, (1 - m) * emb + m * baseline
+
+
+def target_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits)[b, target_b]``, ``(B,)``."""
+    return torch.softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
 def total_variation(mask: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
@@ -259,9 +355,7 @@ def mask_loss_terms(model: ClassifierFn, emb: torch.Tensor, baseline: torch.Tens
     penalty); ``sigma_penalty``: ``(B,)`` ``mean(-log σ)``.  ``-log(1 - p)`` is computed as
     ``-log(Σ_{c != y} p_c)`` via logsumexp, so it is finite even when ``p(y) -> 1``.
     """
-    m = (mask * valid.to(mask.dtype)).unsqueeze(-1)
-    keep = m * emb + (1 - m) * baseline
-    comp = (1 - m) * emb + m * baseline
+    keep, comp = blend(emb, baseline, mask * valid.to(mask.dtype))
     logp_keep = F.log_softmax(model(keep, valid), dim=-1)
     logp_comp = F.log_softmax(model(comp, valid), dim=-1)
     keep_nll = -logp_keep.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -289,6 +383,79 @@ def _force(mask: torch.Tensor, config: MaskConfig, generator: torch.Generator) -
     return torch.where(u >= 1.0 - config.force_one, torch.ones_like(mask), out)
 
 
+def _check_inputs(emb: torch.Tensor, valid: torch.Tensor, positions: Optional[torch.Tensor],
+                  grid: Optional[Tuple[int, int]]) -> None:
+    if emb.dim() != 3:
+        raise ValueError(f"emb must be (B, T, D), got shape {tuple(emb.shape)}")
+    if valid.shape != emb.shape[:2] or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool (B, T) = {tuple(emb.shape[:2])} tensor, got "
+                         f"{valid.dtype} {tuple(valid.shape)}")
+    if grid is not None and grid[0] * grid[1] != emb.size(1):
+        raise ValueError(f"grid {grid} does not match T = {emb.size(1)}")
+    if positions is not None and positions.shape[0] != emb.size(1):
+        raise ValueError(f"positions has {positions.shape[0]} rows, expected T = {emb.size(1)}")
+
+
+@dataclass
+class _Problem:
+    """The frozen inputs of one optimisation (see :func:`optimise_masks`)."""
+
+    model: ClassifierFn
+    emb: torch.Tensor  # (B, T, D), detached
+    baseline: torch.Tensor  # broadcastable to emb
+    valid: torch.Tensor  # (B, T) bool
+    target: torch.Tensor  # (B,) long
+    grid: Optional[Tuple[int, int]]
+
+
+class _Convergence:
+    """Stop rule: every input's loss moving average ``e <- 0.9 e + 0.1 loss`` changed by less than
+    ``tol`` (relative) on ``patience`` consecutive steps, and at least ``min_steps`` steps."""
+
+    def __init__(self, config: MaskConfig, bsz: int, device):
+        self.config = config
+        self.ema: Optional[torch.Tensor] = None
+        self.calm_steps = torch.zeros(bsz, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, steps: int) -> bool:
+        """Record the per-input ``loss`` ``(B,)`` of step ``steps`` (1-based); True: stop."""
+        if self.ema is None:
+            self.ema = loss.clone()
+            return False
+        new = 0.9 * self.ema + 0.1 * loss
+        rel = (new - self.ema).abs() / self.ema.abs().clamp_min(1e-6)
+        self.ema = new
+        self.calm_steps = torch.where(rel < self.config.tol, self.calm_steps + 1, torch.zeros_like(self.calm_steps))
+        return steps >= self.config.min_steps and bool((self.calm_steps >= self.config.patience).all())
+
+
+def _optimisation_step(problem: _Problem, gates: MaskGates, optim: torch.optim.Optimizer, config: MaskConfig,
+                       gen: torch.Generator, noise_gen: torch.Generator, step: int) -> torch.Tensor:
+    """One Adam step on the summed per-input losses with a sampled, forced mask and noisy
+    embeddings; returns the per-input losses ``(B,)`` (detached)."""
+    m, size_pen = gates.sample(gen, step)
+    m = _force(m, config, gen)
+    emb = problem.emb
+    if config.noise_std > 0:
+        emb = emb + config.noise_std * torch.randn(emb.shape, generator=noise_gen, device=emb.device)
+    terms = mask_loss_terms(problem.model, emb, problem.baseline, problem.valid, m, problem.target, size_pen,
+                            gates.sigma_penalty(), config, problem.grid)
+    optim.zero_grad(set_to_none=True)
+    terms.total.sum().backward()
+    optim.step()
+    return terms.total.detach()
+
+
+@torch.no_grad()
+def _result(problem: _Problem, gates: MaskGates, steps: int, history: List[float]) -> MaskResult:
+    """The final mask (no noise, no forcing) and the target's probability with it."""
+    m = gates.final()
+    keep, comp = blend(problem.emb, problem.baseline, m)
+    p_keep = target_probability(problem.model(keep, problem.valid), problem.target)
+    p_comp = target_probability(problem.model(comp, problem.valid), problem.target)
+    return MaskResult(m.detach(), problem.target, p_keep, p_comp, steps, history)
+
+
 def optimise_masks(model: ClassifierFn, emb: torch.Tensor, valid: torch.Tensor,
                    target: Optional[torch.Tensor] = None, baseline: Optional[torch.Tensor] = None,
                    config: Optional[MaskConfig] = None, positions: Optional[torch.Tensor] = None,
@@ -308,94 +475,27 @@ def optimise_masks(model: ClassifierFn, emb: torch.Tensor, valid: torch.Tensor,
         grid: ``(H, W)`` with ``H * W == T`` to enable the total-variation term.
     """
     config = config or MaskConfig()
-    if emb.dim() != 3:
-        raise ValueError(f"emb must be (B, T, D), got shape {tuple(emb.shape)}")
-    if valid.shape != emb.shape[:2] or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a bool (B, T) = {tuple(emb.shape[:2])} tensor, got "
-                         f"{valid.dtype} {tuple(valid.shape)}")
-    if grid is not None and grid[0] * grid[1] != emb.size(1):
-        raise ValueError(f"grid {grid} does not match T = {emb.size(1)}")
+    _check_inputs(emb, valid, positions, grid)
     emb = emb.detach()
-    bsz, length, _ = emb.shape
     device = emb.device
     baseline = torch.zeros((), device=device) if baseline is None else baseline.detach().to(device)
-    if target is None:
-        target = _predict(model, emb, valid)
-    target = target.to(device).long()
-    if positions is None:
-        positions = sequence_positions(length, device)
-    if positions.shape[0] != length:
-        raise ValueError(f"positions has {positions.shape[0]} rows, expected T = {length}")
-
-    if config.parameterization == "kernel":
-        param = KernelMask(bsz, length, positions, valid, config.init_weight, config.init_sigma, config.sigma_max)
-    else:
-        param = LogitMask(bsz, length, valid, config.init_logit)
-    params = list(param.parameters())
-    hardkuma = config.gate == "hardkuma"
-    constraints: Optional[nn.ModuleList] = None
-    if hardkuma:
-        score_b = nn.Parameter(torch.zeros(bsz, length, device=device))
-        params.append(score_b)
-        # One controller per input: LagrangianConstraint takes a scalar, and a shared multiplier
-        # would couple the inputs of a batch.
-        constraints = nn.ModuleList(
-            LagrangianConstraint(config.l0_target, alpha=config.lagrange_alpha, lr=config.lagrange_lr,
-                                 lambda_init=config.lambda_init, lambda_max=10.0, valid_range=(0.0, 1.0))
-            for _ in range(bsz)
-        ).to(device)
-    optim = torch.optim.Adam(params, lr=config.lr)
+    target = (_predict(model, emb, valid) if target is None else target).to(device).long()
+    problem = _Problem(model, emb, baseline, valid, target, grid)
+    positions = sequence_positions(emb.size(1), device) if positions is None else positions
+    gates = MaskGates(config, positions, valid)
+    optim = torch.optim.Adam(gates.trainable(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-
-    def current_mask(sample: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        score = param()
-        if not hardkuma:
-            m = torch.sigmoid(score)
-            return m, config.lambda_w * _masked_mean(m, valid).pow(2)
-        lo, hi = config.ab_range
-        dist = HardKumaraswamy(_log_range(score, lo, hi), _log_range(score_b, lo, hi), support=config.support)
-        m = dist.rsample(generator=gen) if sample else dist.deterministic()
-        l0 = _masked_mean(dist.expected_l0(), valid)
-        pen = torch.stack([c(l0[i]) for i, c in enumerate(constraints)]) if sample else l0.detach() * 0
-        return m, pen
-
+    convergence = _Convergence(config, emb.size(0), device)
     history: List[float] = []
-    ema = None
-    best_change_steps = torch.zeros(bsz, dtype=torch.long, device=device)
     steps = 0
     for step in progress_bar(range(config.max_steps), progress, desc="mask"):
         steps = step + 1
-        m, size_pen = current_mask(sample=True)
-        m = _force(m, config, gen)
-        noisy = emb + config.noise_std * torch.randn(emb.shape, generator=noise_gen, device=device) \
-            if config.noise_std > 0 else emb
-        terms = mask_loss_terms(model, noisy, baseline, valid, m, target, size_pen, param.sigma_penalty(),
-                                config, grid)
-        optim.zero_grad(set_to_none=True)
-        terms.total.sum().backward()
-        optim.step()
-        loss = terms.total.detach()
+        loss = _optimisation_step(problem, gates, optim, config, gen, noise_gen, step)
         history.append(float(loss.mean()))
-        # Convergence: relative change of a moving average of each input's loss.
-        if ema is None:
-            ema = loss.clone()
-            continue
-        new = 0.9 * ema + 0.1 * loss
-        rel = (new - ema).abs() / ema.abs().clamp_min(1e-6)
-        ema = new
-        best_change_steps = torch.where(rel < config.tol, best_change_steps + 1, torch.zeros_like(best_change_steps))
-        if steps >= config.min_steps and bool((best_change_steps >= config.patience).all()):
+        if convergence.update(loss, steps):
             break
-
-    with torch.no_grad():
-        m, _ = current_mask(sample=False)
-        m = m * valid.to(m.dtype)
-        keep = m.unsqueeze(-1) * emb + (1 - m.unsqueeze(-1)) * baseline
-        comp = (1 - m.unsqueeze(-1)) * emb + m.unsqueeze(-1) * baseline
-        p_keep = torch.softmax(model(keep, valid), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        p_comp = torch.softmax(model(comp, valid), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return MaskResult(m.detach(), target, p_keep, p_comp, steps, history)
+    return _result(problem, gates, steps, history)
 
 
 # ---------------------------------------------------------------------------------------- chunks

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..rationale.data import Example
 from ..rationale.models import RationaleModel
+from .models import eval_mode, full_text_logits
 from .rrr import auto_lambda1, gradient_mass_inside, input_gradients, rrr_penalty
 
 __all__ = ["RRRTextConfig", "RRRTextPenalty", "annotation_rows", "gradient_mass_report"]
@@ -61,12 +63,6 @@ class RRRTextConfig:
             raise ValueError(f"--rrr-fraction must be in [0, 1], got {self.fraction}")
         if self.lambda1 is not None and self.lambda1 < 0:
             raise ValueError(f"--rrr-lambda1 must be >= 0, got {self.lambda1}")
-
-
-def _logits_fn(model: RationaleModel, valid: torch.Tensor):
-    """``emb (B, T, E) -> logits``: the full-text classifier (every valid token kept)."""
-    z = valid.to(torch.get_default_dtype())
-    return lambda x: model._finish(model.classifier(x, z.to(x.dtype), valid))
 
 
 def annotation_rows(examples: Sequence[Example], indices: Sequence[int], valid: torch.Tensor) -> torch.Tensor:
@@ -114,14 +110,11 @@ class RRRTextPenalty:
         model = pipeline.model
         batch = next(iter(pipeline.batches([self.examples[i] for i in indices], len(indices))))
         order = [indices[j] for j in batch.indices]
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             emb = model.embed(batch.tokens).detach()
             ann = self._annotation(annotation_rows(self.examples, order, batch.mask), emb)
-            return auto_lambda1(_logits_fn(model, batch.mask), emb, batch.targets, ann, reduce_dims=self._reduce_dims)
-        finally:
-            model.train(was_training)
+            return auto_lambda1(partial(full_text_logits, model, valid=batch.mask), emb, batch.targets, ann,
+                                reduce_dims=self._reduce_dims)
 
     @property
     def _reduce_dims(self) -> Tuple[int, ...]:
@@ -142,7 +135,7 @@ class RRRTextPenalty:
             tokens = batch.tokens[rows, :width]
             emb = model.embed(tokens)
             outside = annotation_rows(self.examples, [batch.indices[r] for r in rows], valid)
-            grads, _ = input_gradients(_logits_fn(model, valid), emb, reduce_dims=self._reduce_dims)
+            grads, _ = input_gradients(partial(full_text_logits, model, valid=valid), emb, reduce_dims=self._reduce_dims)
             penalty = rrr_penalty(grads, self._annotation(outside, emb))
             term = self.lambda1 * penalty
             stats["rrr_penalty"] = float(penalty.detach())
@@ -164,28 +157,27 @@ def gradient_mass_report(pipeline, examples: Sequence[Example], batch_size: int 
     of them, which leaves the shares unchanged).  Returns ``{"n", "accuracy", "grad_mass_inside",
     "abs_grad_mass_inside", "abs_grad_total" (means over texts),
     "human_rate" (pooled fraction of rationale tokens: what uniform gradients would give on
-    average), "per_text": [...]}``."""
+    average), "per_text": [...]}``.  The model runs in eval mode (its mode is restored on return)."""
     model = pipeline.model
-    model.eval()
     examples = [ex for ex in examples if ex.rationale is not None]
     per_text: List[Optional[dict]] = [None] * len(examples)
     gold_tokens = total_tokens = 0
-    for b in pipeline.batches(examples, batch_size):
-        f = _logits_fn(model, b.mask)
-        with torch.enable_grad():
-            grads, logits = input_gradients(f, model.embed(b.tokens), create_graph=False)
-        outside = annotation_rows(examples, b.indices, b.mask)
-        inside = b.mask & ~outside
-        mass = gradient_mass_inside(grads.sum(-1), inside, b.mask)
-        abs_mass = gradient_mass_inside(grads.abs().sum(-1), inside, b.mask)
-        abs_total = (grads.abs().sum(-1) * b.mask).sum(-1)
-        pred = logits.detach().argmax(-1)
-        gold_tokens += int(inside.sum())
-        total_tokens += int(b.mask.sum())
-        for row, i in enumerate(b.indices):
-            per_text[i] = {"id": examples[i].id, "grad_mass_inside": float(mass[row]),
-                           "abs_grad_mass_inside": float(abs_mass[row]), "abs_grad_total": float(abs_total[row]),
-                           "correct": bool(pred[row] == b.targets[row])}
+    with eval_mode(model):
+        for b in pipeline.batches(examples, batch_size):
+            with torch.enable_grad():
+                grads, logits = input_gradients(partial(full_text_logits, model, valid=b.mask), model.embed(b.tokens),
+                                                create_graph=False)
+            inside = b.mask & ~annotation_rows(examples, b.indices, b.mask)
+            mass = gradient_mass_inside(grads.sum(-1), inside, b.mask)
+            abs_mass = gradient_mass_inside(grads.abs().sum(-1), inside, b.mask)
+            abs_total = (grads.abs().sum(-1) * b.mask).sum(-1)
+            pred = logits.detach().argmax(-1)
+            gold_tokens += int(inside.sum())
+            total_tokens += int(b.mask.sum())
+            for row, i in enumerate(b.indices):
+                per_text[i] = {"id": examples[i].id, "grad_mass_inside": float(mass[row]),
+                               "abs_grad_mass_inside": float(abs_mass[row]), "abs_grad_total": float(abs_total[row]),
+                               "correct": bool(pred[row] == b.targets[row])}
     recs = [r for r in per_text if r is not None]
     return {"n": len(recs), "accuracy": sum(r["correct"] for r in recs) / max(len(recs), 1),
             "grad_mass_inside": sum(r["grad_mass_inside"] for r in recs) / max(len(recs), 1),

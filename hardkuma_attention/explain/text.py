@@ -29,6 +29,7 @@ import json
 import math
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -37,25 +38,15 @@ from ..rationale.data import mask_to_spans
 from ..rationale.extras import progress as progress_bar
 from ..rationale.metrics import faithfulness, iou_f1, token_prf
 from ..rationale.models import top_fraction
-from ..rationale.train import Pipeline
-from .mask import MaskConfig, optimise_masks
+from ..rationale.pipeline import Pipeline
+from .mask import MaskConfig, optimise_masks, target_probability
+from .models import eval_mode, full_text_logits
 
-__all__ = ["METHODS", "classifier_fn", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods"]
+__all__ = ["METHODS", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods"]
 
 METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients", "occlusion")
 OCCLUSION_MODES = ("remove", "baseline")
 AOPC_FRACTIONS = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
-
-
-def classifier_fn(pipeline: Pipeline) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``f(emb (B, T, E), valid (B, T)) -> logits``: the pipeline's classifier on the full text (all
-    gates 1), bypassing the selector, so it takes (masked) embeddings directly."""
-    model = pipeline.model
-    model.eval()
-
-    def f(emb, valid):
-        return model._finish(model.classifier(emb, valid.to(emb.dtype), valid))
-    return f
 
 
 def _log_p_target_grad(f, emb, valid, target) -> torch.Tensor:
@@ -91,7 +82,7 @@ def occlusion_scores(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], em
     pos = torch.arange(length)
 
     def p_target(e, v):
-        return torch.softmax(f(e, v), -1).gather(-1, target.repeat(e.size(0) // bsz).unsqueeze(-1)).squeeze(-1)
+        return target_probability(f(e, v), target.repeat(e.size(0) // bsz))
 
     p_full = p_target(emb, valid)
     total = torch.zeros(bsz, length, dtype=emb.dtype)
@@ -118,29 +109,37 @@ def occlusion_scores(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], em
 def token_scores(method: str, pipeline: Pipeline, tokens: torch.Tensor, valid: torch.Tensor,
                  target: torch.Tensor, mask_config: Optional[MaskConfig] = None, ig_steps: int = 20,
                  occlusion_window: int = 1, occlusion_mode: str = "remove") -> torch.Tensor:
-    """Scores ``(B, T)`` (0 on padding) for one batch; see the module docstring."""
-    f = classifier_fn(pipeline)
-    with torch.no_grad():
-        emb = pipeline.model.embed(tokens)
-        baseline = pipeline.model.embed.weight[0]
+    """Scores ``(B, T)`` (0 on padding) for one batch; see the module docstring.  The model runs in
+    eval mode (its mode is restored on return)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    model = pipeline.model
+    with eval_mode(model):
+        with torch.no_grad():
+            emb = model.embed(tokens)
+            baseline = model.embed.weight[0]
+        scores = _method_scores(method, partial(full_text_logits, model), emb, baseline, valid, target,
+                                mask_config, ig_steps, occlusion_window, occlusion_mode)
+    return scores.detach() * valid.to(scores.dtype)
+
+
+def _method_scores(method, f, emb, baseline, valid, target, mask_config, ig_steps, occlusion_window,
+                   occlusion_mode) -> torch.Tensor:
+    """:func:`token_scores` of ``method`` for the classifier ``f(emb, valid) -> logits``."""
     if method in ("mask", "mask-hardkuma"):
         cfg = mask_config or MaskConfig()
-        cfg = replace(cfg, gate="hardkuma" if method == "mask-hardkuma" else "sigmoid",
+        cfg = replace(cfg, gate_type="hardkuma" if method == "mask-hardkuma" else "sigmoid",
                       init_weight=None, init_logit=None)
-        scores = optimise_masks(f, emb, valid, target=target, baseline=baseline, config=cfg).mask
-    elif method == "input-x-gradient":
-        scores = (emb * _log_p_target_grad(f, emb, valid, target)).sum(-1)
-    elif method == "integrated-gradients":
+        return optimise_masks(f, emb, valid, target=target, baseline=baseline, config=cfg).mask
+    if method == "input-x-gradient":
+        return (emb * _log_p_target_grad(f, emb, valid, target)).sum(-1)
+    if method == "integrated-gradients":
         total = torch.zeros_like(emb)
         for k in range(ig_steps):
             alpha = (k + 0.5) / ig_steps
             total += _log_p_target_grad(f, baseline + alpha * (emb - baseline), valid, target)
-        scores = ((emb - baseline) * total / ig_steps).sum(-1)
-    elif method == "occlusion":
-        scores = occlusion_scores(f, emb, valid, target, occlusion_window, occlusion_mode, baseline)
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    return scores.detach() * valid.to(scores.dtype)
+        return ((emb - baseline) * total / ig_steps).sum(-1)
+    return occlusion_scores(f, emb, valid, target, occlusion_window, occlusion_mode, baseline)
 
 
 def average_precision(scores: Sequence[float], gold: Sequence[bool]) -> float:
@@ -194,61 +193,87 @@ def method_label(method: str, occlusion_window: int = 1, occlusion_mode: str = "
     return f"occlusion-w{occlusion_window}-{occlusion_mode}" if method == "occlusion" else method
 
 
+def human_rate(examples, batches) -> float:
+    """Pooled fraction of the (kept) tokens inside the human rationales of ``batches``."""
+    gold_tok = sum(sum(examples[i].rationale[: int(b.mask[r].sum())]) for b in batches for r, i in enumerate(b.indices))
+    return gold_tok / sum(int(b.mask.sum()) for b in batches)
+
+
 def evaluate_methods(pipeline: Pipeline, examples, methods: Sequence[str], fraction: Optional[float] = None,
                      batch_size: int = 50, mask_config: Optional[MaskConfig] = None, progress: bool = True,
                      occlusion_window: int = 1, occlusion_mode: str = "remove"):
     """``(rows, records)``: one metrics row per method and per-text records (scores, spans);
-    rows are named by :func:`method_label`, records keyed by method."""
+    rows are named by :func:`method_label`, records keyed by method.  The model runs in eval mode
+    (its mode is restored on return); ``fraction`` None: the human rate of ``examples``."""
     examples = [ex for ex in examples if ex.rationale is not None]
     if not examples:
         raise ValueError("no example has a human rationale")
     batches = list(pipeline.batches(examples, batch_size))
     if fraction is None:
-        gold_tok = sum(sum(ex.rationale[: int(b.mask[r].sum())]) for b in batches for r, ex in
-                       ((r, examples[i]) for r, i in enumerate(b.indices)))
-        fraction = gold_tok / sum(int(b.mask.sum()) for b in batches)
-    rows, records = [], {m: [None] * len(examples) for m in methods}
-    for method in methods:
-        start = time.time()
-        preds, golds, soft, faith = [], [], [], {"comprehensiveness": [], "sufficiency": [],
-                                                 "aopc_comprehensiveness": [], "aopc_sufficiency": []}
-        correct = 0
-        for b in progress_bar(batches, progress, desc=method):
-            with torch.no_grad():
-                logits = classifier_fn(pipeline)(pipeline.model.embed(b.tokens), b.mask)
-            target = logits.argmax(-1)
-            correct += int((target == b.targets).sum())
-            scores = token_scores(method, pipeline, b.tokens, b.mask, target, mask_config,
-                                  occlusion_window=occlusion_window, occlusion_mode=occlusion_mode)
-            hard = top_fraction(scores, b.mask, fraction)
-
-            def predict_proba(keep, b=b):
-                return torch.softmax(pipeline.model.classify(b.tokens, b.mask, keep.float()), -1)
-            fa = faithfulness(predict_proba, b.mask, hard)
-            ao = aopc(predict_proba, b.mask, scores)
-            for k in ("comprehensiveness", "sufficiency"):
-                faith[k] += fa[k]
-            for k in ao:
-                faith[k] += ao[k]
-            for row, i in enumerate(b.indices):
-                n = int(b.mask[row].sum())
-                gold = list(examples[i].rationale[:n])
-                preds.append(hard[row, :n].tolist())
-                golds.append(gold)
-                soft.append(scores[row, :n].tolist())
-                records[method][i] = {"id": examples[i].id, "label": examples[i].label,
-                                      "prediction": pipeline.labels.decode(int(target[row])),
-                                      "tokens": examples[i].tokens[:n], "gold_rationale": gold,
-                                      "scores": [round(s, 4) for s in scores[row, :n].tolist()],
-                                      "rationale_spans": [list(s) for s in mask_to_spans(hard[row, :n].tolist())]}
-        prf = token_prf(preds, golds)
-        row = {"method": method_label(method, occlusion_window, occlusion_mode), "n": len(examples), "fraction": fraction, "accuracy": correct / len(examples),
-               "token_precision": prf["precision"], "token_recall": prf["recall"], "token_f1": prf["f1"],
-               "iou_f1": iou_f1(preds, golds)["f1"], "auprc": auprc(soft, golds),
-               **{k: sum(v) / len(v) for k, v in faith.items()}, "seconds": time.time() - start}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        fraction = human_rate(examples, batches)
+    rows, records = [], {}
+    with eval_mode(pipeline.model):
+        for method in methods:
+            start = time.time()
+            tally = _MethodTally()
+            records[method] = [None] * len(examples)
+            for b in progress_bar(batches, progress, desc=method):
+                _score_batch(pipeline, examples, b, method, fraction, mask_config, occlusion_window, occlusion_mode,
+                             tally, records[method])
+            rows.append(tally.row(method_label(method, occlusion_window, occlusion_mode), len(examples), fraction,
+                                  start))
+            print(json.dumps(rows[-1]), flush=True)
     return rows, records
+
+
+class _MethodTally:
+    """What one method's row is computed from: hard / gold / soft rationales per text, faithfulness
+    values per text, correct predictions."""
+
+    def __init__(self):
+        self.preds: List[List[float]] = []
+        self.golds: List[List[bool]] = []
+        self.soft: List[List[float]] = []
+        self.faith: Dict[str, List[float]] = {k: [] for k in ("comprehensiveness", "sufficiency",
+                                                               "aopc_comprehensiveness", "aopc_sufficiency")}
+        self.correct = 0
+
+    def row(self, label: str, n: int, fraction: float, start: float) -> dict:
+        prf = token_prf(self.preds, self.golds)
+        return {"method": label, "n": n, "fraction": fraction, "accuracy": self.correct / n,
+                "token_precision": prf["precision"], "token_recall": prf["recall"], "token_f1": prf["f1"],
+                "iou_f1": iou_f1(self.preds, self.golds)["f1"], "auprc": auprc(self.soft, self.golds),
+                **{k: sum(v) / len(v) for k, v in self.faith.items()}, "seconds": time.time() - start}
+
+
+def _score_batch(pipeline: Pipeline, examples, b, method: str, fraction: float, mask_config, occlusion_window: int,
+                 occlusion_mode: str, tally: _MethodTally, records: list) -> None:
+    """Scores, hard rationales and faithfulness of one batch for ``method``, into ``tally`` and
+    ``records`` (indexed like ``examples``)."""
+    model = pipeline.model
+    with torch.no_grad():
+        target = full_text_logits(model, model.embed(b.tokens), b.mask).argmax(-1)
+    tally.correct += int((target == b.targets).sum())
+    scores = token_scores(method, pipeline, b.tokens, b.mask, target, mask_config,
+                          occlusion_window=occlusion_window, occlusion_mode=occlusion_mode)
+    hard = top_fraction(scores, b.mask, fraction)
+
+    def predict_proba(keep):
+        return torch.softmax(model.classify(b.tokens, b.mask, keep.float()), -1)
+    fa = faithfulness(predict_proba, b.mask, hard)
+    for k, v in {**{k: fa[k] for k in ("comprehensiveness", "sufficiency")}, **aopc(predict_proba, b.mask, scores)}.items():
+        tally.faith[k] += v
+    for row, i in enumerate(b.indices):
+        n = int(b.mask[row].sum())
+        gold = list(examples[i].rationale[:n])
+        tally.preds.append(hard[row, :n].tolist())
+        tally.golds.append(gold)
+        tally.soft.append(scores[row, :n].tolist())
+        records[i] = {"id": examples[i].id, "label": examples[i].label,
+                      "prediction": pipeline.labels.decode(int(target[row])),
+                      "tokens": examples[i].tokens[:n], "gold_rationale": gold,
+                      "scores": [round(s, 4) for s in scores[row, :n].tolist()],
+                      "rationale_spans": [list(s) for s in mask_to_spans(hard[row, :n].tolist())]}
 
 
 def rationale_model_row(pipeline: Pipeline, examples, batch_size: int = 50) -> dict:

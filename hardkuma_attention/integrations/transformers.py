@@ -88,10 +88,11 @@ from transformers.modeling_utils import AttentionInterface  # noqa: E402
 # set while transformers' output-capturing hooks record attention weights (output_attentions)
 from transformers.utils.output_capturing import _active_collector  # noqa: E402
 
-from ..attention import MASKED_SCORE  # noqa: E402
+from ..attention import attention_gate  # noqa: E402
+from ..config import GateConfig  # noqa: E402
 from ..constraints import LagrangianConstraint  # noqa: E402
-from ..distributions import DEFAULT_SUPPORT  # noqa: E402
-from ..functional import NORMALIZE_MODES, scaled_dot_product_hardkuma  # noqa: E402
+from ..functional import scaled_dot_product_hardkuma  # noqa: E402
+from ..masks import split_mask  # noqa: E402
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -114,10 +115,11 @@ ATTN_IMPLEMENTATION = "hardkuma"
 CONFIG_KEY = "hardkuma"
 OFFSET_PARAM = "hardkuma_b_offset"
 PARAMETERIZATIONS = ("split", "pretrained")
-DEFAULT_OPTIONS: Dict[str, Any] = {
-    "normalize": "none",
-    "support": [float(DEFAULT_SUPPORT[0]), float(DEFAULT_SUPPORT[1])],
-    "ab_clamp": [1e-3, 100.0],
+_GATE = GateConfig.preset("attention")
+DEFAULT_OPTIONS: Dict[str, Any] = {  # the gate fields are the "attention" GateConfig preset's
+    "normalize": _GATE.normalize,
+    "support": list(_GATE.support),
+    "ab_clamp": list(_GATE.ab_range),
     "parameterization": "split",
     "offset_init": 0.0,
 }
@@ -131,17 +133,10 @@ def _validated(options: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"unknown HardKuma option(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
     out = dict(DEFAULT_OPTIONS)
     out.update(options)
-    if out["normalize"] not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {out['normalize']!r}")
+    gate = attention_gate(None, out["normalize"], out["support"], out["ab_clamp"], owner="HardKuma options")
     if out["parameterization"] not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {out['parameterization']!r}")
-    lo, hi = (float(x) for x in out["support"])
-    if not lo < 0.0 < 1.0 < hi:
-        raise ValueError(f"support must satisfy l < 0 < 1 < r, got {out['support']}")
-    amin, amax = (float(x) for x in out["ab_clamp"])
-    if not 0 < amin < amax:
-        raise ValueError(f"ab_clamp must satisfy 0 < min < max, got {out['ab_clamp']}")
-    out["support"], out["ab_clamp"] = [lo, hi], [amin, amax]
+    out["support"], out["ab_clamp"] = list(gate.support), list(gate.ab_range)
     out["offset_init"] = float(out["offset_init"])
     return out
 
@@ -176,18 +171,16 @@ def mask_to_valid_bias(mask: Optional[torch.Tensor], position_bias: Optional[tor
     ``bias`` on ``score_a`` (or None), both broadcastable to ``(B, H, T, S)``.
 
     Bool masks: True = allowed.  Float masks are additive: ``<= -1e4`` (``finfo.min``, ``-inf``)
-    disallows the cell, other values are added to ``score_a``.  ``position_bias`` (T5) is added
-    to ``score_a`` too.
+    disallows the cell, other values are added to ``score_a``
+    (:func:`hardkuma_attention.masks.split_mask`: no bias when they are all 0).
+    ``position_bias`` (T5) is added to ``score_a`` too.
     """
     valid, bias = None, None
     if mask is not None:
         if mask.dtype == torch.bool:
             valid = mask
-        elif mask.is_floating_point():
-            valid = mask > MASKED_SCORE
-            bias = torch.where(valid, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).to(dtype)
         else:
-            raise TypeError(f"attention mask must be bool or floating point, got {mask.dtype}")
+            valid, bias = split_mask(mask, "attention mask", dtype)
     if position_bias is not None:
         position_bias = position_bias.to(dtype)
         bias = position_bias if bias is None else bias + position_bias

@@ -365,8 +365,6 @@ class RationaleModel(nn.Module):
             return torch.sigmoid(out.squeeze(-1))
         return out
 
-    _finish = finish_logits  # removed at merge (the explain branch calls finish_logits)
-
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Classifier output for given gates ``z`` ``(B, T)`` (e.g. a fixed 0/1 rationale mask for
         ERASER comprehensiveness / sufficiency)."""

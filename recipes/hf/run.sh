@@ -11,15 +11,14 @@
 #                                       checkpoint), sdpa.log, hardkuma.log, summary.md
 #   EPOCHS 4   LAYERS 2   HIDDEN 128   HEADS 4   TARGET 0.3 (E[L0] <= TARGET)   SEED 1
 #   MAX_TRAIN 0 (all)   PARALLEL 1 (both models at once, one thread each)
-#   HARDKUMA_USE_ACTIVE_ENV=1  use the already active Python environment instead of sourcing
-#                              recipes/setup_env.sh (which creates/updates .venv)
+#   HARDKUMA_USE_ACTIVE_ENV=1  use the already active Python environment (hardkuma-attention
+#                              installed in it) instead of sourcing recipes/setup_env.sh (which
+#                              creates/updates .venv)
 # A rerun with the same settings resumes an interrupted model from its last epoch checkpoint;
 # a finished model is not retrained (delete its folder to redo it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ "${HARDKUMA_USE_ACTIVE_ENV:-0}" = 1 ]; then
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
+if [ "${HARDKUMA_USE_ACTIVE_ENV:-0}" != 1 ]; then  # else: the active environment has the package
     # shellcheck disable=SC1091
     . recipes/setup_env.sh
 fi

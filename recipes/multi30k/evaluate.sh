@@ -23,8 +23,11 @@ THREADS="${THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 [[ -f "$CKPT" ]] || { echo "evaluate.sh: no checkpoint $CKPT" >&2; exit 2; }
 [[ -f "$TEXT_DIR/raw/$SUBSET.en" ]] || { echo "evaluate.sh: no reference $TEXT_DIR/raw/$SUBSET.en (run prepare.sh)" >&2; exit 2; }
+# shellcheck disable=SC1091
+. "$ROOT/recipes/fairseq_runs.sh"
+USER_DIR="$(fairseq_user_dir)" || exit 2
 
-fairseq-generate "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" --path "$CKPT" \
+fairseq-generate "$DATA_BIN" --user-dir "$USER_DIR" --path "$CKPT" \
   --task translation --source-lang de --target-lang en --gen-subset "$SUBSET" \
   --beam "${BEAM:-5}" --batch-size "${BATCH:-64}" --required-batch-size-multiple 1 \
   --cpu --num-workers 0 > "$OUT/gen.$SUBSET.txt" 2> "$OUT/gen.$SUBSET.log" \
@@ -33,10 +36,10 @@ fairseq-generate "$DATA_BIN" --user-dir "$ROOT/fairseq_plugins" --path "$CKPT" \
        tail -n 20 "$OUT/gen.$SUBSET.log" >&2; exit 1; }
 # hypotheses in corpus order: "H-<id>\t<score>\t<pieces>"
 grep '^H-' "$OUT/gen.$SUBSET.txt" | sed 's/^H-//' | sort -n -k1,1 | cut -f3 \
-  | python "$ROOT/recipes/multi30k/text.py" detok --spm "$TEXT_DIR/spm.model" --lang en > "$OUT/hyp.$SUBSET.txt"
+  | python -m fairseq_plugins.translation.text detok --spm "$TEXT_DIR/spm.model" --lang en > "$OUT/hyp.$SUBSET.txt"
 python "$ROOT/recipes/multi30k/score.py" --hyp "$OUT/hyp.$SUBSET.txt" --ref "$TEXT_DIR/raw/$SUBSET.en" \
   --json "$OUT/bleu.$SUBSET.json"
-python "$ROOT/recipes/multi30k/analyze.py" sparsity --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
+python -m fairseq_plugins.translation.analyze sparsity --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
   --json "$OUT/sparsity.$SUBSET.json" --rows-json "$OUT/rows.$SUBSET.json" 2>&1 | grep -v tensorboardX
-python "$ROOT/recipes/multi30k/analyze.py" heatmap --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
+python -m fairseq_plugins.translation.analyze heatmap --data-bin "$DATA_BIN" --path "$CKPT" --subset "$SUBSET" \
   --index "${HEATMAP_INDEX:-0}" --out "$OUT/heatmap.$SUBSET.png" 2>&1 | grep -v tensorboardX

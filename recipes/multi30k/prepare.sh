@@ -34,7 +34,7 @@ if [[ -z "$RAW_DIR" ]]; then
 fi
 [[ -d "$RAW_DIR" ]] || { echo "prepare.sh: raw data directory $RAW_DIR does not exist" >&2; exit 2; }
 
-python "$ROOT/recipes/multi30k/text.py" prepare --raw-dir "$RAW_DIR" --out-dir "$WORK_DIR/text" \
+python -m fairseq_plugins.translation.text prepare --raw-dir "$RAW_DIR" --out-dir "$WORK_DIR/text" \
   --vocab-size "$VOCAB_SIZE" --max-train "$MAX_TRAIN" --max-eval "$MAX_EVAL"
 rm -rf "$WORK_DIR/data-bin"
 fairseq-preprocess --source-lang de --target-lang en \

@@ -18,8 +18,7 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from hardkuma_attention.cli.common import ranged  # noqa: E402
+from fairseq_plugins.common.cli import ranged
 
 
 def batches(args, pad):

@@ -9,7 +9,6 @@ SNLI_URL="https://nlp.stanford.edu/projects/snli/snli_1.0.zip"
 MNLI_URL="https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip"
 GLOVE_DEFAULT="$SNLI_ROOT/../shared/data/glove/glove.6B.50d.filtered.txt.gz"
 GLOVE_URL="https://nlp.stanford.edu/data/glove.6B.zip"
-export PYTHONPATH="$SNLI_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 snli_die() { echo "error: $*" >&2; exit 2; }
 snli_activate() {

@@ -8,13 +8,15 @@
 #   accuracy=<%> nonzero=<% of valid attention cells, NULL cells included> pairs=<n> split=<split>
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+. "$(dirname "$0")/../fairseq_runs.sh"
 snli_activate
 ckpt="${1:-}"; split="${2:-valid}"
 [ -f "$ckpt" ] || snli_die "usage: $0 CHECKPOINT [SPLIT]; checkpoint '$ckpt' not found"
 [ -f "$SNLI_BIN/dict.input0.txt" ] || snli_die "$SNLI_BIN/dict.input0.txt missing: run recipes/snli/preprocess.sh first"
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+user_dir="$(fairseq_user_dir)" || exit 2
 log="$(mktemp)"; trap 'rm -f "$log"' EXIT
-fairseq-validate "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" --path "$ckpt" \
+fairseq-validate "$SNLI_BIN" --user-dir "$user_dir" --path "$ckpt" \
     --model-overrides "{'data': '$SNLI_BIN'}" --task nli --valid-subset "$split" \
     --batch-size "${EVAL_BATCH_SIZE:-256}" --required-batch-size-multiple 1 --cpu --num-workers 0 \
     --log-format simple > "$log" 2>&1 || {
@@ -22,4 +24,4 @@ fairseq-validate "$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins" --path "$ck
         bad="$(grep -m1 -o 'CheckpointError: .*' "$log" || true)"
         [ -z "$bad" ] || snli_die "${bad#CheckpointError: }"
         cat "$log" >&2; snli_die "fairseq-validate failed"; }
-python "$SNLI_ROOT/recipes/snli/parse_log.py" validate "$log" --split "$split"
+python -m fairseq_plugins.nli.parse_log validate "$log" --split "$split"

@@ -43,5 +43,5 @@ if [ -n "${EXTRA_TRAIN:-}" ]; then
 fi
 splits=(--split "train=$train" --split "valid=$dir/snli_1.0_dev.jsonl")
 [ -f "$dir/snli_1.0_test.jsonl" ] && splits+=(--split "test=$dir/snli_1.0_test.jsonl")
-python "$SNLI_ROOT/recipes/snli/prepare_data.py" --out "$SNLI_TEXT" "${splits[@]}" \
+python -m fairseq_plugins.nli.prepare_data --out "$SNLI_TEXT" "${splits[@]}" \
     --max-examples "train=${TRAIN_SIZE:-0}" --max-examples "valid=${VALID_SIZE:-0}" --seed "${SEED:-1}"

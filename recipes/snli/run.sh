@@ -18,7 +18,7 @@
 # Train on a reduced training set: report the numbers as such, never as "SNLI" results.
 #
 # Running it again in the same SNLI_WORK with the same settings reuses the finished models (no
-# training; recipes/fairseq_runs.sh), re-evaluates them and prints the same table (summary.py);
+# training; recipes/fairseq_runs.sh), re-evaluates them and prints the same table (fairseq_plugins.nli.summary);
 # an interrupted training resumes from checkpoint_last.pt; a larger MAX_EPOCH / MAX_UPDATE
 # continues the finished runs; other settings stop with an error naming the folder.  FRESH=1
 # retrains from scratch in the same folder; another SNLI_WORK keeps both runs.
@@ -54,8 +54,8 @@ for att in softmax hardkuma; do
     echo "[run] $att: $line"
     echo "$line" > "$SNLI_WORK/$att/eval.valid.txt.tmp" && mv "$SNLI_WORK/$att/eval.valid.txt.tmp" "$SNLI_WORK/$att/eval.valid.txt"
 done
-python recipes/snli/heatmap.py "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \
+python -m fairseq_plugins.nli.heatmap "$SNLI_WORK/hardkuma/checkpoint_best.pt" --data "$SNLI_BIN" \
     --text "$SNLI_TEXT" --index "${HEATMAP_INDEX:-0}" --out "$SNLI_WORK/heatmap.png" > "$SNLI_WORK/heatmap.log" 2>&1 \
-    || { cat "$SNLI_WORK/heatmap.log" >&2; snli_die "heatmap.py failed"; }
-python recipes/snli/summary.py "$SNLI_WORK" --seed "$SEED" --max-epoch "$MAX_EPOCH" --hardkuma-args "${HARDKUMA_ARGS:-}"
+    || { cat "$SNLI_WORK/heatmap.log" >&2; snli_die "fairseq_plugins.nli.heatmap failed"; }
+python -m fairseq_plugins.nli.summary "$SNLI_WORK" --seed "$SEED" --max-epoch "$MAX_EPOCH" --hardkuma-args "${HARDKUMA_ARGS:-}"
 echo "[run] done in $(( $(date +%s) - start ))s"

@@ -32,6 +32,7 @@ nproc="${NPROC:-1}"
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || snli_die "NPROC=$nproc: expected a positive integer"
 [ -f "$SNLI_BIN/dict.input0.txt" ] || snli_die "$SNLI_BIN/dict.input0.txt missing: run recipes/snli/preprocess.sh first"
 save="${SAVE_DIR:-$SNLI_WORK/$attention}"
+user_dir="$(fairseq_user_dir)" || exit 2
 glove="${GLOVE:-}"
 if [ -z "$glove" ] && [ -f "$GLOVE_DEFAULT" ]; then glove="$GLOVE_DEFAULT"; fi
 emb=()
@@ -43,7 +44,7 @@ else
     emb=(--embed-dim "${EMBED_DIM:-300}")
 fi
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
-args=("$SNLI_BIN" --user-dir "$SNLI_ROOT/fairseq_plugins"
+args=("$SNLI_BIN" --user-dir "$user_dir"
     --task nli --arch "$arch" --criterion nli_cross_entropy "${extra[@]}" "${emb[@]}"
     --dropout "${DROPOUT:-0.2}"
     --optimizer adam --lr "${LR:-0.001}" --batch-size "${BATCH_SIZE:-32}" --required-batch-size-multiple 1

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from hardkuma_attention.explain.mask import (
+    KernelMask,
     MaskConfig,
+    MaskGates,
     image_positions,
     kernel_logits,
     mask_loss_terms,
@@ -95,7 +97,7 @@ def marker_problem(bsz=6, length=12, dim=8, seed=0):
 def test_recovers_planted_marker(parameterization, gate):
     torch.manual_seed(0)
     model, emb, valid, where = marker_problem()
-    cfg = MaskConfig(parameterization=parameterization, gate=gate, max_steps=300, l0_target=0.1)
+    cfg = MaskConfig(parameterization=parameterization, gate_type=gate, max_steps=300, l0_target=0.1)
     res = optimise_masks(model, emb, valid, config=cfg)
     assert (res.target == 1).all()
     rows = torch.arange(len(where))
@@ -128,3 +130,84 @@ def test_image_positions_and_bad_input():
         optimise_masks(model, emb, valid.long())
     with pytest.raises(ValueError, match="parameterization"):
         MaskConfig(parameterization="gauss")
+
+
+def test_config_defaults_are_the_explain_controller_and_rationale_gate():
+    from hardkuma_attention.config import ControllerConfig, GateConfig
+
+    cfg = MaskConfig()
+    assert cfg.gate_type == "sigmoid" and cfg.l0_target == 0.1
+    assert cfg.controller == ControllerConfig.preset("explain") and cfg.gate == GateConfig.preset("rationale")
+    # the controller mask.py hard-coded before #13: alpha 0.9, lr 0.05, lambda_init 1, lambda_max 10
+    gates = MaskGates(MaskConfig(gate_type="hardkuma"), torch.zeros(4, 1), torch.ones(2, 4, dtype=torch.bool))
+    assert len(gates.constraints) == 2
+    c = gates.constraints[0]
+    assert (c.target, c.alpha, c.lr, c.multiplier, c.lambda_min, c.lambda_max, c.equality, c.damping) == \
+        (0.1, 0.9, 0.05, 1.0, 1e-12, 10.0, False, 0.0)
+    assert MaskGates(cfg, torch.zeros(4, 1), torch.ones(2, 4, dtype=torch.bool)).constraints is None
+
+
+def test_config_refuses_a_string_gate_and_bad_values():
+    with pytest.raises(TypeError, match="gate_type"):
+        MaskConfig(gate="hardkuma")
+    with pytest.raises(TypeError, match="ControllerConfig"):
+        MaskConfig(controller={"lr": 0.1})
+    with pytest.raises(ValueError, match="gate_type"):
+        MaskConfig(gate_type="bernoulli")
+    with pytest.raises(ValueError, match="l0_target"):
+        MaskConfig(l0_target=1.5)
+
+
+def test_sigma_penalty_is_the_mean_over_valid_positions():
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    km = KernelMask(2, 3, torch.arange(3.0).unsqueeze(-1), valid, 1.2, 2.0, 10.0)
+    with torch.no_grad():
+        km.sigma_score.copy_(torch.tensor([[0.0, 1.0, 5.0], [-1.0, 3.0, 3.0]]))
+    log_sigma = math.log(10.0) + torch.nn.functional.logsigmoid(km.sigma_score.detach())
+    want = [-(log_sigma[0, 0] + log_sigma[0, 1]).item() / 2, -log_sigma[1, 0].item()]
+    assert km.sigma_penalty().tolist() == pytest.approx(want, rel=1e-6)
+
+
+def hardkuma_gates(**controller):
+    from hardkuma_attention.config import ControllerConfig
+
+    valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    cfg = MaskConfig(parameterization="logit", gate_type="hardkuma", l0_target=0.3,
+                     controller=ControllerConfig.preset("explain", **controller))
+    gates = MaskGates(cfg, torch.arange(4.0).unsqueeze(-1), valid)
+    with torch.no_grad():  # a mix of open, closed and in-between gates
+        gates.scores.logit.copy_(torch.tensor([[3.0, -3.0, 0.5, 0.0], [-0.5, 2.0, 0.0, 0.0]]))
+        gates.score_b.copy_(torch.tensor([[-2.0, 2.0, 0.0, 0.0], [0.5, -1.0, 0.0, 0.0]]))
+    return gates, valid
+
+
+@pytest.mark.parametrize("observe", ["expected", "decoded"])
+def test_hardkuma_controllers_track_the_observed_rate(observe):
+    gates, valid = hardkuma_gates(observe=observe)
+    dist = gates.distribution(gates.scores())
+    expected = [((1 - dist.prob_zero().detach()[i]) * valid[i]).sum().item() / valid[i].sum().item() for i in range(2)]
+    final = gates.final()
+    decoded = [((final[i] != 0) & valid[i]).sum().item() / valid[i].sum().item() for i in range(2)]
+    _, penalty = gates.sample(torch.Generator().manual_seed(0), step=0)
+    observed = decoded if observe == "decoded" else expected
+    assert expected != pytest.approx(decoded)  # the two modes are told apart
+    for i, c in enumerate(gates.constraints):
+        # m <- alpha m + (1 - alpha)(observed - target), from m = 0
+        assert c.moving_average.item() == pytest.approx(0.1 * (observed[i] - 0.3), rel=1e-5)
+        assert int(c.num_updates) == 1
+    # the penalty's value is lambda * m with lambda <- 1 * exp(lr m) (lr 0.05), its gradient that of the L0
+    m = [0.1 * (o - 0.3) for o in observed]
+    assert penalty.tolist() == pytest.approx([math.exp(0.05 * mi) * mi for mi in m], rel=1e-5)
+    penalty.sum().backward()
+    assert gates.score_b.grad is not None and gates.score_b.grad.abs().sum() > 0
+
+
+def test_hardkuma_warmup_steps_carry_no_penalty():
+    gates, _ = hardkuma_gates(warmup=2)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(2):
+        _, penalty = gates.sample(gen, step)
+        assert torch.equal(penalty, torch.zeros(2))
+        assert all(int(c.num_updates) == 0 for c in gates.constraints)
+    _, penalty = gates.sample(gen, 2)
+    assert all(int(c.num_updates) == 1 for c in gates.constraints) and (penalty != 0).all()

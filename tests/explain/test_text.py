@@ -109,3 +109,63 @@ def test_cli_mask_writes_results(tmp_path):
     for r in res["rows"]:
         assert 0.0 <= r["token_f1"] <= 1.0 and 0.0 <= r["auprc"] <= 1.0
     assert (tmp_path / "out" / "mask.html").is_file()
+
+
+def test_eval_mode_restores_every_flag_also_on_error():
+    from hardkuma_attention.explain.models import eval_mode
+
+    model = tiny_pipeline().model
+    model.train()
+    model.classifier.eval()  # a mixed state: restored as it was, not by model.train(True)
+    before = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == before
+
+
+def test_full_text_logits_is_the_classifier_with_every_token_kept():
+    from hardkuma_attention.explain.models import full_text_logits
+
+    pipe = tiny_pipeline()
+    batch = next(pipe.batches(examples(), 3))
+    got = full_text_logits(pipe.model, pipe.model.embed(batch.tokens), batch.mask)
+    want = pipe.model.classify(batch.tokens, batch.mask, torch.ones_like(batch.mask, dtype=torch.float32))
+    assert got.shape == (3, 2) and torch.equal(got, want)
+
+
+def record_modes(model):
+    """Forward hook on the classifier: the ``training`` flag of each call."""
+    seen = []
+    model.classifier.register_forward_hook(lambda mod, args, out: seen.append(mod.training))
+    return seen
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_token_scores_run_in_eval_mode_and_restore_the_mode(method):
+    from hardkuma_attention.explain.mask import MaskConfig
+
+    pipe = tiny_pipeline()
+    pipe.model.train()
+    seen = record_modes(pipe.model)
+    batch = next(pipe.batches(examples(), 3))
+    token_scores(method, pipe, batch.tokens, batch.mask, torch.zeros(3, dtype=torch.long), MaskConfig(max_steps=2))
+    assert seen and not any(seen)
+    assert pipe.model.training and all(m.training for m in pipe.model.modules())
+
+
+def test_evaluate_methods_and_gradient_mass_report_restore_the_mode():
+    from hardkuma_attention.explain.mask import MaskConfig
+    from hardkuma_attention.explain.rrr_text import gradient_mass_report
+
+    pipe = tiny_pipeline()
+    pipe.model.train()
+    seen = record_modes(pipe.model)
+    evaluate_methods(pipe, examples(), ["input-x-gradient", "mask"], batch_size=2, progress=False,
+                     mask_config=MaskConfig(max_steps=2))
+    gradient_mass_report(pipe, examples(), batch_size=2)
+    assert seen and not any(seen)  # faithfulness and AOPC included: dropout off throughout
+    assert pipe.model.training and all(m.training for m in pipe.model.modules())

@@ -1,7 +1,6 @@
-"""Issue #12: the plugin's own command lines that load fairseq checkpoints (recipes/snli/heatmap.py,
-recipes/multi30k/analyze.py) answer a corrupt, foreign, empty or missing checkpoint with one line
+"""Issue #12: the plugin's own command lines that load fairseq checkpoints (fairseq_plugins.nli.heatmap,
+fairseq_plugins.translation.analyze; recipes/snli/heatmap.py and recipes/multi30k/analyze.py call them) answer a corrupt, foreign, empty or missing checkpoint with one line
 naming the file and exit code 2, no traceback (``--debug``: the CheckpointError)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,10 @@ import torch
 pytest.importorskip("fairseq")
 
 from fairseq_plugins.checkpoints import CheckpointError  # noqa: E402
+from fairseq_plugins.nli import heatmap  # noqa: E402
+from fairseq_plugins.translation import analyze  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(rel):
-    path = ROOT / rel
-    spec = importlib.util.spec_from_file_location(f"_ckpt_cli_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.fixture
@@ -35,9 +28,9 @@ def bad_checkpoints(tmp_path):
 
 
 def _commands(tmp_path, ckpt):
-    return {"heatmap": (_load("recipes/snli/heatmap.py"), [str(ckpt), "--data", str(tmp_path), "--out", str(tmp_path / "p.png"),
+    return {"heatmap": (heatmap.main, [str(ckpt), "--data", str(tmp_path), "--out", str(tmp_path / "p.png"),
                                                            "--premise", "a man", "--hypothesis", "a person"]),
-            "analyze": (_load("recipes/multi30k/analyze.py"), ["sparsity", "--data-bin", str(tmp_path), "--path", str(ckpt)])}
+            "analyze": (analyze.main, ["sparsity", "--data-bin", str(tmp_path), "--path", str(ckpt)])}
 
 
 def test_bad_checkpoint_one_line_exit_2(tmp_path, bad_checkpoints, capsys):

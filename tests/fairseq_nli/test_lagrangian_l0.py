@@ -144,3 +144,86 @@ def test_world_size_mismatch_is_refused():
     check_world_size({"WORLD_SIZE": "1"})
     with pytest.raises(RuntimeError, match="2 independent trainings.*fairseq_plugins.launch"):
         check_world_size({"WORLD_SIZE": "2"})  # torchrun, but no process group: N copies
+
+
+# ------------------------------------------------------------------ the controller configuration
+def _steps(l0, n=5):
+    """Penalties (exact values) and the final state of ``n`` training steps on fixed stats."""
+    out = []
+    for i in range(n):
+        stats, x = _collect(60.0 - 10 * i, 100.0, 55.0 - 10 * i)
+        penalty, _ = l0(stats, sample_size=8)
+        penalty.backward()
+        out.append((penalty.detach().clone(), x.grad.clone()))
+    return out, {k: v.clone() for k, v in l0.state_dict().items()}
+
+
+def test_default_config_is_the_papers_controller_bit_for_bit():
+    """The default options (no controller flag) give exactly the controller the criterion built
+    before the presets: LagrangianConstraint(alpha 0.99, lr 0.01, lambda_init 1e-4, lambda_min
+    1e-12, lambda_max 5, inequality, no damping), tracking the expected L0."""
+    from fairseq_plugins.nli.criterion import NLICrossEntropyConfig
+    from hardkuma_attention import LagrangianConstraint
+
+    new = LagrangianL0.from_cfg(NLICrossEntropyConfig(l0_target=0.1))
+    old = LagrangianL0(target=0.1)
+    old.constraint = LagrangianConstraint(0.1, alpha=0.99, lr=0.01, lambda_init=1e-4, lambda_min=1e-12,
+                                          lambda_max=5.0, equality=False)
+    for name in ("target", "alpha", "lr", "lambda_min", "lambda_max", "equality", "damping"):
+        assert getattr(new.constraint, name) == getattr(old.constraint, name), name
+    assert new.controller.observe == "expected"
+    (new_steps, new_state), (old_steps, old_state) = _steps(new), _steps(old)
+    for (p_new, g_new), (p_old, g_old) in zip(new_steps, old_steps):
+        assert torch.equal(p_new, p_old) and torch.equal(g_new, g_old)
+    assert new_state.keys() == old_state.keys()
+    for k in new_state:
+        assert torch.equal(new_state[k], old_state[k]), k
+
+
+def test_preset_and_flags_make_the_controller():
+    from fairseq_plugins.common.lagrangian_l0 import controller_from_cfg
+    from fairseq_plugins.nli.criterion import NLICrossEntropyConfig
+    from hardkuma_attention.config import ControllerConfig
+
+    assert controller_from_cfg(NLICrossEntropyConfig()) == ControllerConfig.preset("paper")
+    assert controller_from_cfg(_Cfg) == ControllerConfig(lr=0.5, alpha=0.0, lambda_init=1e-2, lambda_min=1e-6)
+    cfg = NLICrossEntropyConfig(l0_preset="multi30k", l0_lagrange_lr=0.02, l0_damping=0.5, l0_observe="decoded")
+    assert controller_from_cfg(cfg) == ControllerConfig(
+        alpha=0.9, lr=0.02, lambda_init=5e-3, lambda_max=0.1, damping=0.5, observe="decoded")
+    with pytest.raises(ValueError, match="unknown controller preset"):
+        controller_from_cfg(type("C", (_Cfg,), {"l0_preset": "nope"}))
+    with pytest.raises(ValueError, match="warmup"):
+        LagrangianL0(0.1, controller=ControllerConfig(warmup=3))
+
+
+def test_decoded_observation_moves_lambda_by_the_nonzero_rate_and_keeps_the_expected_gradient():
+    """expected L0 0.6 > target 0.1 but only 5 % of the gates non-zero: ``observe="decoded"``
+    lowers lambda (an inequality constraint that holds), ``"expected"`` raises it.  The penalty's
+    value is ``lambda * m`` (alpha = 0: m = observed - target), its gradient that of the expected
+    L0 in both cases."""
+    from hardkuma_attention.config import ControllerConfig
+
+    lams = {}
+    for observe, observed in (("expected", 0.6), ("decoded", 0.05)):
+        ctrl = ControllerConfig(lr=0.5, alpha=0.0, lambda_init=1e-2, observe=observe)
+        l0 = LagrangianL0(0.1, controller=ctrl)
+        stats, x = _collect(60.0, 100.0, 5.0)
+        penalty, _ = l0(stats, sample_size=2)
+        lams[observe] = lam = l0.multiplier
+        assert penalty.item() == pytest.approx(2 * lam * (observed - 0.1), rel=1e-6)
+        penalty.backward()
+        assert x.grad.item() == pytest.approx(2 * lam / 100.0, rel=1e-6)
+    assert lams["decoded"] == pytest.approx(1e-2 * torch.exp(torch.tensor(0.5 * (0.05 - 0.1))).item(), rel=1e-6)
+    assert lams["expected"] == pytest.approx(1e-2 * torch.exp(torch.tensor(0.5 * (0.6 - 0.1))).item(), rel=1e-6)
+
+
+def test_damping_adds_the_proportional_term():
+    from hardkuma_attention.config import ControllerConfig
+
+    l0 = LagrangianL0(0.1, controller=ControllerConfig(lr=0.5, alpha=0.0, lambda_init=1e-2, damping=2.0))
+    stats, x = _collect(60.0, 100.0, 55.0)
+    penalty, _ = l0(stats, sample_size=1)
+    m = 0.6 - 0.1  # alpha = 0: the moving average is this step's violation
+    assert penalty.item() == pytest.approx((l0.multiplier + 2.0 * m) * m, rel=1e-6)
+    penalty.backward()
+    assert x.grad.item() == pytest.approx((l0.multiplier + 2.0 * m) / 100.0, rel=1e-6)

@@ -1,7 +1,5 @@
 """Unit tests of the NLI plugin: decomposable attention model, attend steps, criterion."""
 import gzip
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,8 +16,7 @@ from fairseq_plugins.nli.criterion import NLICrossEntropyConfig, NLICrossEntropy
 from fairseq_plugins.nli.model import DecomposableAttentionConfig, DecomposableAttentionModel  # noqa: E402
 from hardkuma_attention import collect_attention_stats  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hardkuma_reference import gate_attention  # noqa: E402
+from tests.hardkuma_reference import gate_attention  # noqa: E402
 
 WORDS = "a man dog is playing guitar outside sleeping the cat".split()
 

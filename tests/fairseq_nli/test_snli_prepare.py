@@ -1,14 +1,12 @@
-"""Tests of recipes/snli/prepare_data.py (tokenisation, filtering, errors naming file:line)."""
-import importlib.util
+"""Tests of fairseq_plugins.nli.prepare_data (recipes/snli/prepare.sh: tokenisation, filtering,
+errors naming file:line)."""
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("snli_prepare_data", ROOT / "recipes/snli/prepare_data.py")
-prep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prep)
+pytest.importorskip("fairseq")
+
+from fairseq_plugins.nli import prepare_data as prep  # noqa: E402
 
 
 def _row(s1, s2, label):

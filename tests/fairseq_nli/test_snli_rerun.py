@@ -1,9 +1,10 @@
 """Issue #18: running the SNLI recipe twice.
 
-``recipes/snli/summary.py`` (the summary step of ``run.sh``) on a tiny run directory, twice: the
-same table both times, built from finished files only; and ``recipes/fairseq_runs.sh`` (what a
-second ``train.sh`` in the same folder does, SNLI and Multi30k): reuse, continue, refuse, FRESH=1.
-No fairseq needed.
+``python -m fairseq_plugins.nli.summary`` (the summary step of ``run.sh``) on a tiny run
+directory, twice: the same table both times, built from finished files only (needs fairseq: the
+module is part of the plugin package); and ``recipes/fairseq_runs.sh`` (what a second
+``train.sh`` in the same folder does, SNLI and Multi30k): reuse, continue, refuse, FRESH=1, and
+``fairseq_user_dir`` (no fairseq needed).
 """
 import importlib.util
 import os
@@ -14,17 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUMMARY = ROOT / "recipes" / "snli" / "summary.py"
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-parse_log = _load("snli_parse_log", ROOT / "recipes" / "snli" / "parse_log.py")
+needs_fairseq = pytest.mark.skipif(importlib.util.find_spec("fairseq") is None, reason="fairseq not installed")
 
 
 def _train_log(wps_inner, wps_epochs, accs, minute0=0):
@@ -52,10 +43,11 @@ def _tiny_run(work: Path, parallel: bool = True):
 
 
 def _summary(work, *extra):
-    return subprocess.run([sys.executable, str(SUMMARY), str(work), "--seed", "3", "--max-epoch", "2", *extra],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "fairseq_plugins.nli.summary", str(work), "--seed", "3",
+                           "--max-epoch", "2", *extra], capture_output=True, text=True, timeout=300)
 
 
+@needs_fairseq
 def test_summary_twice_gives_the_same_table(tmp_path):
     work = tmp_path / "snli"
     _tiny_run(work)
@@ -72,6 +64,7 @@ def test_summary_twice_gives_the_same_table(tmp_path):
     assert not list(work.glob("*.tmp"))
 
 
+@needs_fairseq
 def test_summary_sequential_uses_epoch_medians_and_sums_times(tmp_path):
     work = tmp_path / "snli"
     _tiny_run(work, parallel=False)
@@ -81,17 +74,22 @@ def test_summary_sequential_uses_epoch_medians_and_sums_times(tmp_path):
     assert "training took 72s wall (PARALLEL=0)" in out and "both running" not in out
 
 
+@needs_fairseq
 def test_summary_missing_evaluation_is_one_error_line(tmp_path):
     work = tmp_path / "snli"
     _tiny_run(work)
     (work / "hardkuma" / "eval.valid.txt").unlink()
     proc = _summary(work)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == f"error: {work / 'hardkuma' / 'eval.valid.txt'}: missing (run recipes/snli/run.sh)"
+    lines = [line for line in proc.stderr.splitlines() if "tensorboardX" not in line]  # fairseq's import notice
+    assert lines == [f"error: {work / 'hardkuma' / 'eval.valid.txt'}: missing (run recipes/snli/run.sh)"]
     assert not (work / "summary.md").exists()
 
 
+@needs_fairseq
 def test_train_summary_counts_a_resumed_epoch_once():
+    from fairseq_plugins.nli import parse_log
+
     first = _train_log([], [100, 200], [40.0, 50.0]).splitlines()
     # the resumed invocation appends to the same log and repeats epoch 2 (killed before its checkpoint)
     resumed = ["=== train.sh 2026-01-01 12:00:00"] + _train_log([], [100, 400, 500], [40.0, 55.0, 52.0]).splitlines()[2:]
@@ -159,3 +157,25 @@ def test_interrupted_run_resumes_and_changed_data_is_refused(tmp_path):
     (tmp_path / "bin" / "dict.x.txt").write_text("a 4\nb 2\n")  # other training data, same paths
     changed = _train(tmp_path, "--lr", "1")
     assert changed.returncode == 2 and "data-dictionaries" in changed.stderr
+
+
+def test_user_dir_is_the_installed_package_folder(tmp_path):
+    """``fairseq_user_dir`` (the recipes' ``--user-dir``): the folder of the importable
+    ``fairseq_plugins`` (here: this checkout, on PYTHONPATH), found without importing it; when the
+    package cannot be found, one error line and status 2."""
+    script = '. "$1/recipes/fairseq_runs.sh"; fairseq_user_dir'
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(["bash", "-c", script, "x", str(ROOT)], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(ROOT / "fairseq_plugins"), proc.stderr
+    # a Python without site-packages (-S) and without the checkout: the package cannot be found
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    (fake / "python").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["bash", "-c", script + "; echo status=$?", "x", str(ROOT)], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.stdout.strip() == "status=2"
+    assert proc.stderr.strip() == 'error: the fairseq_plugins package is not installed: pip install -e ".[fairseq]" ' \
+        "(recipes/setup_env.sh)"

@@ -1,7 +1,5 @@
 """HardKumaMultiheadAttention: no fused fast path, incremental == full decoding, masks, shapes,
 outputs against the formulas (tests/hardkuma_reference.py)."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -194,8 +192,7 @@ def test_softmax_normalisation_matches_reference_in_eval():
 
 
 # ---------------------------------------------------------------- against the formulas (eval)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hardkuma_reference import gate_attention  # noqa: E402
+from tests.hardkuma_reference import gate_attention  # noqa: E402
 
 
 def reference_forward(m, query, key, kpm=None, attn_mask=None):
@@ -371,3 +368,31 @@ def test_fully_padded_sentence_trains_with_finite_gradients(normalize):
     assert (w[:, 0] == 0).all() and torch.allclose(out[:, 0], m.out_proj.bias.expand(3, E))
     assert torch.isfinite(q.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
     assert float(stats.total().cells) == H * 3 * 4
+
+
+# ---------------------------------------------------------------- one GateConfig
+def test_gate_config_is_the_modules_gate_options():
+    """``gate=GateConfig(...)`` and the keyword options build the same module (same eval outputs
+    on fixed inputs, with padding and an additive bias); the model reads its gate from the
+    ``--hardkuma-*`` args; a sigmoid a/b map, which the core attention path does not use, is refused."""
+    from types import SimpleNamespace
+
+    from fairseq_plugins.translation.model import HardKumaOptions
+    from hardkuma_attention.config import GateConfig
+
+    gate = GateConfig(normalize="softmax", support=(-0.2, 1.05), ab_range=(1e-3, 50.0))
+    outs = []
+    for kwargs in ({"gate": gate}, {"normalize": "softmax", "support": (-0.2, 1.05), "ab_clamp": (1e-3, 50.0)}):
+        torch.manual_seed(9)
+        m = HardKumaMultiheadAttention(E, H, encoder_decoder_attention=True, **kwargs).double().eval()
+        assert m.gate == gate and m.ab_clamp == (1e-3, 50.0) and m.support == (-0.2, 1.05)
+        g = torch.Generator().manual_seed(3)
+        kpm, am = mask_case("bias_2d", 2, 4, 5, g)
+        q, enc = (torch.randn(n, 2, E, generator=g, dtype=torch.float64) * 3 for n in (4, 5))
+        outs.append(m(q, enc, enc, key_padding_mask=kpm, attn_mask=am, need_head_weights=True))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    args = SimpleNamespace(hardkuma_attention="all", hardkuma_normalize="sum", hardkuma_support_left=-0.2,
+                           hardkuma_support_right=1.05, hardkuma_ab_max=50.0)
+    assert HardKumaOptions.from_args(args).gate == gate.replace(normalize="sum")
+    with pytest.raises(ValueError, match="ab_map"):
+        HardKumaMultiheadAttention(E, H, self_attention=True, gate=GateConfig.preset("rationale"))

@@ -123,15 +123,10 @@ def test_softmax_model_reports_no_stats(data_dir):
 @torch.no_grad()
 @pytest.mark.parametrize("attention", ["none", "cross"])
 def test_cross_attention_recorder_leaves_the_model_unchanged(data_dir, attention):
-    """recipes/multi30k/analyze.py's recorder: per-head cross-attention of every decoder layer,
-    same model outputs (and same returned attention) as without it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "recipes" / "multi30k" / "analyze.py"
-    spec = importlib.util.spec_from_file_location("multi30k_analyze", path)
-    analyze = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyze)
+    """fairseq_plugins.translation.analyze's recorder (recipes/multi30k/evaluate.sh): per-head
+    cross-attention of every decoder layer, same model outputs (and same returned attention) as
+    without it."""
+    from fairseq_plugins.translation import analyze
 
     task, model, _ = build(data_dir, attention)
     model.eval()
@@ -148,3 +143,22 @@ def test_cross_attention_recorder_leaves_the_model_unchanged(data_dir, attention
     assert (w[:, 0, :, :2] == 0).all()  # left padding of sentence 0
     if attention == "none":
         assert (w[:, 1:] > 0).all()
+
+
+def test_multi30k_preset_is_the_controller_the_recipe_passed_flag_by_flag(data_dir):
+    """recipes/multi30k/train.sh passed four controller flags; it now passes --l0-preset multi30k.
+    Both argument lists build the same controller and the same constraint."""
+    common = ("--criterion", "label_smoothed_cross_entropy_l0", "--label-smoothing", "0.1",
+              "--l0-target", "0.2", "--l0-keys", "cross")
+    before = ("--l0-lagrange-lr", "0.05", "--l0-lagrange-alpha", "0.9", "--l0-lambda-init", "5e-3",
+              "--l0-lambda-max", "0.1")
+    crits = {}
+    for name, flags in (("before", before), ("after", ("--l0-preset", "multi30k"))):
+        task, _, args = build(data_dir, "cross", *common, *flags)
+        crits[name] = task.build_criterion(args).l0
+    assert crits["before"].controller == crits["after"].controller
+    a, b = crits["before"].constraint, crits["after"].constraint
+    for attr in ("target", "alpha", "lr", "lambda_min", "lambda_max", "equality", "damping"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+    assert torch.equal(a.lagrange_multiplier, b.lagrange_multiplier)
+    assert crits["after"].keys == ("cross",)

@@ -211,6 +211,38 @@ def test_options_float_masks_and_errors():
     assert torch.equal(a, b) and torch.equal(wa, wb) and a.shape == (3, 4, 2, 8)
 
 
+def test_mask_to_valid_bias_dialects():
+    """Bool True = allowed; a float mask is additive (``<= -1e4`` disallows, other values shift
+    ``score_a``; no bias when they are all 0); ``position_bias`` adds; integer masks are refused."""
+    keep = torch.tensor([[True, False, True]])
+    valid, bias = hk.mask_to_valid_bias(keep, None, torch.float32)
+    assert valid is keep and bias is None
+    additive = torch.tensor([[0.0, -1e9, 0.0]])
+    valid, bias = hk.mask_to_valid_bias(additive, None, torch.float32)
+    assert torch.equal(valid, keep) and bias is None
+    shifted = torch.tensor([[0.5, float("-inf"), -2.0]], dtype=torch.float64)
+    valid, bias = hk.mask_to_valid_bias(shifted, torch.ones(1, 3), torch.float32)
+    assert torch.equal(valid, keep) and bias.dtype == torch.float32
+    assert torch.equal(bias, torch.tensor([[1.5, 1.0, -1.0]]))
+    with pytest.raises(TypeError, match="attention mask must be bool or floating point"):
+        hk.mask_to_valid_bias(torch.ones(1, 3, dtype=torch.long), None, torch.float32)
+
+
+def test_options_gate_fields_validated_by_gate_config():
+    """The gate options (normalize, support, ab_clamp) are checked as a GateConfig, defaults from
+    the "attention" preset."""
+    from hardkuma_attention.config import DEFAULT_AB_RANGE, GateConfig
+
+    gate = GateConfig.preset("attention")
+    assert hk.DEFAULT_OPTIONS["ab_clamp"] == list(DEFAULT_AB_RANGE)
+    assert hk.DEFAULT_OPTIONS["support"] == list(gate.support) and hk.DEFAULT_OPTIONS["normalize"] == gate.normalize
+    assert hk.get_options(None) == hk.DEFAULT_OPTIONS
+    for bad, match in ((dict(support=[0.0, 1.1]), "support"), (dict(ab_clamp=[5.0, 1.0]), "ab_range"),
+                       (dict(parameterization="separate"), "parameterization")):
+        with pytest.raises(ValueError, match=match):
+            hk.configure(make("bert")[0], **bad)
+
+
 def test_save_load_round_trip(tmp_path):
     model, _ = make("bert")
     hk.configure(model, normalize="sum", support=(-0.2, 1.2))

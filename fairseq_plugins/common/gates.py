@@ -1,0 +1,60 @@
+r"""The HardKuma gate options of the fairseq modules: one :class:`~hardkuma_attention.config.GateConfig`.
+
+The attention modules (:class:`~fairseq_plugins.translation.HardKumaMultiheadAttention`,
+:class:`~fairseq_plugins.nli.attend.HardKumaAttend`) hold one ``GateConfig`` (normalisation,
+stretch ``support``, a/b ``ab_range``) built from the command line of their model, and hand it to
+the core path :func:`hardkuma_attention.functional.scaled_dot_product_hardkuma` through
+:func:`core_gate_kwargs`.  The core attention path maps scores to shapes with
+``a = clamp(softplus(score_a), *ab_range)``, i.e. ``ab_map="clamp"``; a gate with another map is
+refused here rather than silently mapped differently.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from hardkuma_attention.config import GateConfig
+
+__all__ = ["GateOptions", "attention_gate", "core_gate_kwargs"]
+
+
+def attention_gate(
+    gate: Optional[GateConfig] = None,
+    *,
+    default_normalize: str,
+    normalize: Optional[str] = None,
+    support: Optional[Tuple[float, float]] = None,
+    ab_clamp: Optional[Tuple[float, float]] = None,
+) -> GateConfig:
+    """``gate`` (default: the ``"attention"`` preset with ``normalize=default_normalize``) with the
+    given keyword options replacing its fields (``ab_clamp`` is ``ab_range``).  Raises ValueError
+    for a bad option (GateConfig's checks) or an ``ab_map`` other than ``"clamp"``."""
+    base = GateConfig.preset("attention", normalize=default_normalize) if gate is None else gate
+    out = base.replace(normalize=normalize, support=support, ab_range=ab_clamp)
+    if out.ab_map != "clamp":
+        raise ValueError(f"the attention path maps scores with ab_map='clamp', got ab_map={out.ab_map!r}")
+    return out
+
+
+class GateOptions:
+    """Mixin of the attention modules: read-only ``normalize``, ``support`` and ``ab_clamp`` (=
+    ``ab_range``) views of their ``self.gate`` (a :class:`GateConfig`, the one source)."""
+
+    gate: GateConfig
+
+    @property
+    def normalize(self) -> str:
+        return self.gate.normalize
+
+    @property
+    def support(self) -> Tuple[float, float]:
+        return self.gate.support
+
+    @property
+    def ab_clamp(self) -> Tuple[float, float]:
+        return self.gate.ab_range
+
+
+def core_gate_kwargs(gate: GateConfig) -> Dict[str, Any]:
+    """The gate's keyword arguments of :func:`~hardkuma_attention.functional.scaled_dot_product_hardkuma`
+    (``normalize``, ``support``, ``ab_clamp``)."""
+    return {"normalize": gate.normalize, "support": gate.support, "ab_clamp": gate.ab_range}
