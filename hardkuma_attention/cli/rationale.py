@@ -101,14 +101,14 @@ def _add_train_io_args(t: argparse.ArgumentParser) -> None:
 
 
 def _add_gate_args(group) -> None:
-    from ..config import GATE_PRESETS
+    from ..config import AB_MAPS, GATE_PRESETS
 
     group.add_argument("--gate-preset", choices=sorted(GATE_PRESETS), default="rationale",
                        help="HardKuma gate settings (hardkuma_attention.config.GateConfig) that the next three "
                        "flags override (default rationale: --ab-map sigmoid --ab-range 0.1 10)")
     group.add_argument("--support", type=ranged(float), nargs=2, metavar=("L", "R"), default=None,
                        help="stretch interval of the HardKuma gates, L < 0 < 1 < R (default: the preset's, -0.1 1.1)")
-    group.add_argument("--ab-map", choices=("sigmoid", "clamp"), default=None,
+    group.add_argument("--ab-map", choices=AB_MAPS, default=None,
                        help="score -> a, b: sigmoid (log-linear in sigmoid(s) over --ab-range) | clamp (clamp(softplus(s)))")
     group.add_argument("--ab-range", "--ab-clamp", dest="ab_range", type=ranged(float, 0, None, True), nargs=2,
                        metavar=("LO", "HI"), default=None,
@@ -117,7 +117,7 @@ def _add_gate_args(group) -> None:
 
 
 def _add_controller_args(t: argparse.ArgumentParser) -> None:
-    from ..config import CONTROLLER_PRESETS
+    from ..config import CONTROLLER_PRESETS, OBSERVE_MODES
 
     g = t.add_argument_group("Lagrangian controller (selection and lasso; hardkuma_attention.config.ControllerConfig)")
     g.add_argument("--controller", choices=sorted(CONTROLLER_PRESETS), default="rationale",
@@ -137,7 +137,7 @@ def _add_controller_args(t: argparse.ArgumentParser) -> None:
                    "default 0). Measured on the span task (README 'Options kept'): 40 gave dev IOU-F1 0.98/0.81 "
                    "against 0.87/0.86 without (seeds 1/2: no consistent gain); used by the span test and the "
                    "README's Movies CNN pilot")
-    g.add_argument("--selection-measure", choices=("expected", "decoded"), default=None,
+    g.add_argument("--selection-measure", choices=OBSERVE_MODES, default=None,
                    help="what the selection multiplier tracks: expected (expected L0, the paper) | decoded "
                    "(share of tokens kept by the deterministic test-time decision; the gradient: --selection-gradient)")
 
