@@ -38,7 +38,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "hardkuma-rationale=hardkuma_attention.rationale.cli:main",
+            "hardkuma-rationale=hardkuma_attention.cli:main",
         ]
     },
     license="MIT",

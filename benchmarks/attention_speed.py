@@ -62,7 +62,7 @@ from torch import nn
 
 from hardkuma_attention import HardKumaAttention
 from hardkuma_attention.functional import hardkuma_weights_from_scores
-from hardkuma_attention.rationale.cli import ranged
+from hardkuma_attention.cli.common import ranged
 
 PER_LENGTH_VARIANTS = ["softmax", "softmax+weights", "entmax15", "sparsemax", "hardkuma", "hardkuma-separate",
                        "hardkuma-compiled", "hardkuma-separate-compiled", "hardkuma-naive"]

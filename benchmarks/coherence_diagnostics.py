@@ -68,7 +68,7 @@ def main(argv=None):
     mc = dict(vocab_size=len(vocab), embed_dim=16, hidden_size=16, num_outputs=2, gate="hardkuma", dropout=0.0,
               freeze_embeddings=False, **a.model)
     model = RationaleModel(ModelConfig(**mc))
-    objective = RationaleObjective(ObjectiveConfig(**a.objective), "hardkuma")
+    objective = RationaleObjective(ObjectiveConfig.from_dict(a.objective), "hardkuma")
     pipe = Pipeline(model, objective, vocab, labels)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     rng, step, start = random.Random(a.seed), 0, time.time()

@@ -2,21 +2,26 @@
 # Shared by recipes/sst/run.sh, recipes/movies/run.sh and recipes/explain/movies_rrr.sh (source it;
 # it runs nothing by itself).
 #
-# HARDKUMA_CONTROLLER: the HardKuma selection controller (SST, reused on Movies): equality constraint
-# (lambda may turn negative; core additive update) with a slow multiplier (lr 0.002), a short moving
-# average (alpha 0.9) and a proportional term (--lagrange-damping 1: the selector is pushed by
-# lambda + 1 * (rate - target), so it reacts before lambda has wound up); the multiplier tracks the
-# share of tokens the deterministic test-time decision keeps (--selection-measure decoded) while
-# (1 - P(z=0) + P(z=1)) / 2 gives the gradient (--selection-gradient open: unlike the expected L0 its
-# gradient survives when every gate is confidently open; with the expected L0, SST seed 3 at target
-# 0.3 sat at 100 % until lambda had wound up to 4.8 and then switched every gate off).
-# a, b in [0.1, 10] through a smooth sigmoid map (--ab-map sigmoid).
+# HARDKUMA_CONTROLLER: the HardKuma selection controller (SST, reused on Movies): the package defaults,
+# named: --controller rationale (hardkuma_attention.config.ControllerConfig preset "rationale": equality
+# constraint, lambda may turn negative, core additive update; a slow multiplier, lr 0.002; a short moving
+# average, alpha 0.9; a proportional term, damping 1: the selector is pushed by lambda + 1 * (rate - target),
+# so it reacts before lambda has wound up; the multiplier tracks the share of tokens the deterministic
+# test-time decision keeps, observe "decoded") with the package's --selection-gradient open
+# ((1 - P(z=0) + P(z=1)) / 2 gives the gradient: unlike the expected L0 its gradient survives when every
+# gate is confidently open; with the expected L0, SST seed 3 at target 0.3 sat at 100 % until lambda had
+# wound up to 4.8 and then switched every gate off) and gate preset "rationale" (a, b in [0.1, 10] through
+# a smooth sigmoid map: --ab-map sigmoid --ab-range 0.1 10).
+# Until issue 13 this line spelled the same settings out:
+#   --equality --lambda-init 0 --ab-map sigmoid --ab-clamp 0.1 10 --lagrange-lr 0.002 --lagrange-alpha 0.9
+#   --lagrange-damping 1 --selection-measure decoded --selection-gradient open
+# (tests/rationale/test_config_compat.py checks that both give the same model and objective).
 # History (README.md): with the core's clamp(softplus) map, gates pushed past the clamp get exactly
 # zero gradient: they sat at 1 while lambda wound up and then all switched off; faster multipliers
 # (lr 0.01-0.05, alpha 0.99), a warm-up or an annealed target did not help.  Without the proportional
 # term target 0.5 still collapsed, and tracking the expected L0 left the test-time selection at 23 %
 # for target 0.3.
-HARDKUMA_CONTROLLER="--equality --lambda-init 0 --ab-map sigmoid --ab-clamp 0.1 10 --lagrange-lr 0.002 --lagrange-alpha 0.9 --lagrange-damping 1 --selection-measure decoded --selection-gradient open"
+HARDKUMA_CONTROLLER="--controller rationale"
 
 # launch_runs PREFIX NAME...: train each named run of the associative array RUNS (extra arguments)
 # on top of the array COMMON, PARALLEL at a time, one torch thread each, into OUT/NAME (log in

@@ -49,11 +49,11 @@ TABLE = {
 
 def _main(entry):
     if entry == "rationale":
-        from hardkuma_attention.rationale.cli import main
+        from hardkuma_attention.cli import main
         return main
     if entry == "explain":
-        from hardkuma_attention.explain.cli import main
-        return main
+        from hardkuma_attention.cli import explain_main
+        return explain_main
     if entry.name in ("benchmark_step.py", "heatmap.py", "analyze.py"):
         pytest.importorskip("fairseq")
     spec = importlib.util.spec_from_file_location(f"_cli_{entry.parent.name}_{entry.stem}", entry)

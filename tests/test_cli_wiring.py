@@ -1,7 +1,7 @@
 """`hardkuma-rationale explain ...` reaches the explain package's command line."""
 import pytest
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 
 
 def test_explain_subcommand_is_dispatched(capsys):

@@ -50,7 +50,7 @@ def test_the_blocker_hides_the_extras():
 def test_setup_declares_only_the_entry_points_tested_here():
     text = (ROOT / "setup.py").read_text()
     scripts = re.findall(r'"([\w-]+)=([\w.]+):(\w+)"', text)
-    assert scripts == [("hardkuma-rationale", "hardkuma_attention.rationale.cli", "main")]
+    assert scripts == [("hardkuma-rationale", "hardkuma_attention.cli", "main")]
 
 
 @pytest.fixture(scope="module")

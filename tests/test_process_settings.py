@@ -85,7 +85,7 @@ def test_flush_denormal_probe_sees_the_setting():
 
 
 def test_command_restores_threads_and_flush_denormal(tmp_path, monkeypatch):
-    from hardkuma_attention.rationale import cli
+    from hardkuma_attention.cli import common as cli
     from hardkuma_attention.rationale.settings import flush_denormal_enabled
 
     threads, flush = torch.get_num_threads(), flush_denormal_enabled()

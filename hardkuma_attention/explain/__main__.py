@@ -1,3 +1,3 @@
-from .cli import main
+from ..cli import explain_main
 
-raise SystemExit(main())
+raise SystemExit(explain_main())

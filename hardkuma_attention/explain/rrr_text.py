@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..rationale.data import FORMATS, Example
+from ..rationale.data import Example
 from ..rationale.models import RationaleModel
 from .models import eval_mode, full_text_logits
 from .rrr import auto_lambda1, gradient_mass_inside, input_gradients, rrr_penalty
@@ -221,74 +221,3 @@ def rrr_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {name} | {','.join(str(r['seed']) for r in rs)} | {', '.join(lam)} | {steps} | "
                      + " | ".join(cell(k) for k, _ in _COLUMNS) + " |")
     return "\n".join(lines)
-
-
-def _train_results(path) -> dict:
-    """``results.json`` of ``train`` beside a model (checked by the rationale reader); ``{}`` if absent."""
-    from ..rationale.plot import load_results
-
-    return load_results([path])[0] if path.is_file() else {}
-
-
-def cmd_rrr_eval(args) -> int:
-    import json
-    from pathlib import Path
-
-    from ..rationale.io import write_json
-    from .checks import OUTPUTS, load_models, prepare_out, read_checked
-    from .text import evaluate_methods
-
-    models = load_models(args.models, "--models")
-    examples = read_checked(args, [pipeline.labels for _, _, pipeline in models])
-    infos = {path: _train_results(Path(path).with_name("results.json")) for _, path, _ in models}
-    prepare_out(args.out, args.overwrite, OUTPUTS["rrr-eval"])
-    torch.set_num_threads(args.threads)
-    if args.limit:
-        examples = examples[: args.limit]
-    rows = []
-    for name, path, pipeline in models:
-        if args.max_length is not None:
-            pipeline.max_length = args.max_length
-        results = infos[path]
-        mass = gradient_mass_report(pipeline, examples, args.batch_size)
-        (ixg,), _ = evaluate_methods(pipeline, examples, ["input-x-gradient"], args.fraction, args.batch_size,
-                                     progress=args.progress)
-        rrr = results.get("rrr") or {}
-        row = {"name": name, "model": path, "seed": results.get("train_config", {}).get("seed"),
-               "lambda1": rrr.get("lambda1", 0.0), "rrr": rrr or None,
-               "steps": results.get("training", {}).get("steps"),
-               "train_minutes": results.get("training", {}).get("train_minutes"),
-               "n": mass["n"], "accuracy": mass["accuracy"], "grad_mass_inside": mass["grad_mass_inside"],
-               "abs_grad_mass_inside": mass["abs_grad_mass_inside"], "abs_grad_total": mass["abs_grad_total"],
-               "human_rate": mass["human_rate"],
-               **{k: ixg[k] for k in ("fraction", "token_precision", "token_recall", "token_f1", "iou_f1", "auprc",
-                                      "comprehensiveness", "sufficiency", "aopc_comprehensiveness", "aopc_sufficiency")}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    table = rrr_table(rows)
-    print(table)
-    out = Path(args.out)
-    write_json(out / "rrr_eval.json", {"args": {k: v for k, v in vars(args).items() if k != "func"},
-                                        "rows": rows, "table": table})
-    print(f"wrote {out / 'rrr_eval.json'}")
-    return 0
-
-
-def add_rrr_eval_parser(sub) -> None:
-    from ..rationale.cli import ranged
-
-    e = sub.add_parser("rrr-eval", help="accuracy and input-gradient mass inside human rationales of text classifiers")
-    e.add_argument("--models", nargs="+", required=True,
-                   help="NAME=model.pt (from hardkuma-rationale train --gate none [--rrr]); NAME_s<seed> runs are averaged")
-    e.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    e.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
-    e.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
-    e.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
-                   help="top fraction of input×gradient tokens kept (default: human rate of the data)")
-    e.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
-    e.add_argument("--batch-size", type=ranged(int, 1), default=50)
-    e.add_argument("--threads", type=ranged(int, 1), default=1)
-    e.add_argument("--no-progress", dest="progress", action="store_false")
-    e.add_argument("--out", required=True, help="output folder (rrr_eval.json; must be empty, unless --overwrite)")
-    e.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
-    e.set_defaults(func=cmd_rrr_eval)

@@ -30,21 +30,19 @@ import math
 import time
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..rationale.data import FORMATS, mask_to_spans
+from ..rationale.data import mask_to_spans
 from ..rationale.extras import progress as progress_bar
-from ..rationale.highlight import write_html
 from ..rationale.metrics import faithfulness, iou_f1, token_prf
 from ..rationale.models import top_fraction
-from ..rationale.train import Pipeline, load_pipeline
+from ..rationale.pipeline import Pipeline
 from .mask import MaskConfig, optimise_masks, target_probability
 from .models import eval_mode, full_text_logits
 
-__all__ = ["METHODS", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods", "add_mask_parser"]
+__all__ = ["METHODS", "occlusion_scores", "token_scores", "average_precision", "auprc", "aopc", "evaluate_methods"]
 
 METHODS = ("mask", "mask-hardkuma", "input-x-gradient", "integrated-gradients", "occlusion")
 OCCLUSION_MODES = ("remove", "baseline")
@@ -304,76 +302,3 @@ def markdown_table(rows: Sequence[dict]) -> str:
         cells = ["–" if math.isnan(r[c]) else f"{r[c]:.0f}" if c == "seconds" else f"{r[c]:.3f}" for c in cols]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------- CLI
-def cmd_mask(args) -> int:
-    from ..rationale.io import write_json
-    from .checks import OUTPUTS, prepare_out, read_checked
-
-    pipeline = load_pipeline(args.model)
-    other = load_pipeline(args.rationale_model) if args.rationale_model else None
-    examples = read_checked(args, [pipeline.labels] + ([other.labels] if other is not None else []))
-    prepare_out(args.out, args.overwrite, OUTPUTS["mask"])
-    torch.set_num_threads(args.threads)
-    if args.max_length is not None:
-        pipeline.max_length = args.max_length
-    if args.limit:
-        examples = examples[: args.limit]
-    from ..config import ControllerConfig
-
-    cfg = MaskConfig(max_steps=args.max_steps, l0_target=args.l0_target, seed=args.seed,
-                     controller=ControllerConfig.preset("explain").replace(lr=args.lagrange_lr))
-    rows, records = evaluate_methods(pipeline, examples, args.methods, args.fraction, args.batch_size, cfg,
-                                     progress=args.progress, occlusion_window=args.occlusion_window,
-                                     occlusion_mode=args.occlusion_mode) if args.methods else ([], {})
-    if other is not None:
-        other.max_length = pipeline.max_length
-        rows.append(rationale_model_row(other, examples, args.batch_size))
-        print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
-    table = markdown_table(rows)
-    print(table)
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    write_json(out / "explain_results.json", {"args": settings, "rows": rows, "table": table})
-    for method in args.methods:
-        recs = [r for r in records[method] if r is not None][: args.html_examples]
-        pages = []
-        for r in recs:
-            hard = [0.0] * len(r["tokens"])
-            for s, e in r["rationale_spans"]:
-                hard[s:e] = [1.0] * (e - s)
-            pages.append({**r, "gates": hard})
-        write_html(out / f"{method_label(method, args.occlusion_window, args.occlusion_mode)}.html", pages, title=f"{method} rationales (top {rows[0]['fraction']:.1%} of tokens)")
-    print(f"wrote {out}/explain_results.json and HTML pages")
-    return 0
-
-
-def add_mask_parser(sub) -> None:
-    from ..rationale.cli import ranged
-
-    m = sub.add_parser("mask", help="post-hoc rationales of a trained text classifier vs human spans")
-    m.add_argument("--model", required=True, help="model.pt from hardkuma-rationale train (e.g. --gate none)")
-    m.add_argument("--data", required=True, help="data file with human rationales (e.g. movies/val.jsonl)")
-    m.add_argument("--format", default="eraser", choices=sorted(FORMATS), help="reader format (default eraser)")
-    m.add_argument("--max-length", type=ranged(int, 1), default=None, help="tokens kept (default: the model's)")
-    m.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
-    m.add_argument("--rationale-model", default=None,
-                   help="also evaluate this select-then-predict model.pt (its own rationales and classifier)")
-    m.add_argument("--fraction", type=ranged(float, 0, 1, True), default=None,
-                   help="top fraction of tokens kept as the hard rationale (default: human rate of the data)")
-    m.add_argument("--limit", type=ranged(int, 0), default=0, help="first N examples only")
-    m.add_argument("--batch-size", type=ranged(int, 1), default=50)
-    m.add_argument("--max-steps", type=ranged(int, 1), default=900, help="mask optimisation steps (convergence stop)")
-    m.add_argument("--l0-target", type=ranged(float, 0, 1), default=0.1, help="mask-hardkuma: expected-L0 target")
-    m.add_argument("--lagrange-lr", type=ranged(float, 0, None, True), default=0.05)
-    m.add_argument("--occlusion-window", type=ranged(int, 1), default=1, help="occlusion: tokens per window (default 1)")
-    m.add_argument("--occlusion-mode", default="remove", choices=OCCLUSION_MODES,
-                   help="occlusion: remove the window's tokens (default) or replace them by the padding embedding")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--threads", type=ranged(int, 1), default=1)
-    m.add_argument("--html-examples", type=ranged(int, 0), default=30)
-    m.add_argument("--no-progress", dest="progress", action="store_false")
-    m.add_argument("--out", required=True, help="output folder (must be empty, unless --overwrite)")
-    m.add_argument("--overwrite", action="store_true", help="delete this command's earlier outputs in --out first")
-    m.set_defaults(func=cmd_mask)

@@ -10,17 +10,23 @@ Modules (each usable on its own):
 - :mod:`.objectives`  task loss + Lagrangian selection / transition constraints; REINFORCE;
 - :mod:`.metrics`     accuracy, token P/R/F1, IOU-F1, ERASER comprehensiveness / sufficiency;
 - :mod:`.highlight`   HTML page and terminal highlighting of rationales;
-- :mod:`.train`       the one trainer, :class:`Pipeline` (predict / evaluate / save), checkpoints;
+- :mod:`.labels`      :class:`LabelMap` (class names <-> ids);
+- :mod:`.pipeline`    :class:`Pipeline`: batching, predict, evaluate, save;
+- :mod:`.checkpoints` ``model.pt`` (:func:`load_pipeline`) and the resumable ``checkpoint_last.pt``;
+- :mod:`.train`       the one trainer (:func:`train`, :class:`TrainConfig`);
 - :mod:`.plot`        accuracy vs % selected;  :mod:`.report`  Markdown results tables;
 - :mod:`.io`          atomic output files;
-- :mod:`.cli`         ``hardkuma-rationale train|evaluate|predict|plot|table``.
+- (command line: :mod:`hardkuma_attention.cli`, ``hardkuma-rationale train|evaluate|predict|plot|table``).
 
 Importing this package imports torch but not tqdm or matplotlib (those load when used).
 """
 from .data import DataFormatError, Example, read_examples
 from .models import ModelConfig, RationaleModel
 from .objectives import ObjectiveConfig, RationaleObjective
-from .train import LabelMap, Pipeline, TrainConfig, load_pipeline, train
+from .checkpoints import load_pipeline
+from .labels import LabelMap
+from .pipeline import Pipeline
+from .train import TrainConfig, train
 
 __all__ = [
     "DataFormatError",

@@ -29,9 +29,12 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from ..functional import expected_transitions
 from .data import mask_to_spans
 
 __all__ = [
+    "prediction_metrics",
+    "hard_transition_rates",
     "accuracy",
     "mean_squared_error",
     "token_prf",
@@ -158,3 +161,64 @@ def faithfulness(
         "comprehensiveness": (p_full - p_without).tolist(),
         "sufficiency": (p_full - p_only).tolist(),
     }
+
+
+def hard_transition_rates(gate_lists: Sequence[Sequence[float]]) -> List[float]:
+    """Per text: the number of switches between selected (``g != 0``) and unselected neighbours,
+    divided by its length: the core :func:`~hardkuma_attention.functional.expected_transitions`
+    of ``P0 = 1[g = 0]`` (in float64, so counts and ratios are exact)."""
+    if not gate_lists:
+        return []
+    width = max(max(len(g) for g in gate_lists), 1)
+    closed = torch.zeros(len(gate_lists), width, dtype=torch.float64)
+    valid = torch.zeros(len(gate_lists), width, dtype=torch.bool)
+    for i, gates in enumerate(gate_lists):
+        closed[i, : len(gates)] = torch.tensor([float(g == 0) for g in gates], dtype=torch.float64)
+        valid[i, : len(gates)] = True
+    switches = expected_transitions(closed, valid, dim=-1, normalize=False).tolist()
+    return [s / max(len(g), 1) for s, g in zip(switches, gate_lists)]
+
+
+def _selection_metrics(records: Sequence[dict]) -> Dict[str, float]:
+    n_tok = sum(len(r["gates"]) for r in records)
+    return {
+        "selected": sum(r["selected"] for r in records) / max(len(records), 1),
+        "selected_tokens": sum(sum(1 for g in r["gates"] if g != 0) for r in records) / max(n_tok, 1),
+        "transitions": sum(hard_transition_rates([r["gates"] for r in records])) / max(len(records), 1),
+        "gates_exact_0_or_1": sum(sum(1 for g in r["gates"] if g in (0.0, 1.0)) for r in records) / max(n_tok, 1),
+    }
+
+
+def _human_rationale_metrics(pairs) -> Dict[str, float]:
+    pred_masks = [[g != 0 for g in r["gates"]] for r, _ in pairs]
+    gold_masks = [list(ex.rationale[: len(r["gates"])]) for r, ex in pairs]
+    metrics = {f"token_{k}": v for k, v in token_prf(pred_masks, gold_masks, "micro").items()}
+    metrics["token_f1_macro"] = token_prf(pred_masks, gold_masks, "macro")["f1"]
+    metrics["iou_f1"] = iou_f1(pred_masks, gold_masks)["f1"]
+    metrics["human_rationale_rate"] = sum(sum(m) for m in gold_masks) / max(sum(len(m) for m in gold_masks), 1)
+    return metrics
+
+
+def prediction_metrics(records: Sequence[dict], examples: Sequence, regression: bool,
+                       with_faithfulness: bool = False) -> Dict[str, float]:
+    """Metrics of prediction records (:meth:`~.pipeline.Pipeline.predict`) against their examples:
+    ``accuracy`` (or ``mse``), ``selected`` (mean per-text rate of non-zero gates),
+    ``selected_tokens`` (pooled over tokens), ``transitions`` (:func:`hard_transition_rates`,
+    averaged), ``gates_exact_0_or_1``; with human rationales ``token_{precision,recall,f1}``
+    (micro), ``token_f1_macro``, ``iou_f1``, ``human_rationale_rate``; with ``with_faithfulness``
+    ``comprehensiveness``, ``sufficiency``."""
+    golds = [r["label"] for r in records]
+    preds = [r["prediction"] for r in records]
+    metrics: Dict[str, float] = {"n": len(records)}
+    if regression:
+        metrics["mse"] = mean_squared_error(preds, golds)
+    else:
+        metrics["accuracy"] = accuracy(preds, golds)
+    metrics.update(_selection_metrics(records))
+    with_gold = [(r, ex) for r, ex in zip(records, examples) if ex.rationale is not None]
+    if with_gold:
+        metrics.update(_human_rationale_metrics(with_gold))
+    if with_faithfulness and records and "comprehensiveness" in records[0]:
+        metrics["comprehensiveness"] = sum(r["comprehensiveness"] for r in records) / len(records)
+        metrics["sufficiency"] = sum(r["sufficiency"] for r in records) / len(records)
+    return metrics

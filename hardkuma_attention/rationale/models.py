@@ -3,7 +3,8 @@ r"""Select-then-predict rationale models (Bastings, Aziz & Titov 2019; Lei, Barz
 A *selector* reads the embedded text ``x`` (``(B, T, E)``) and gives one gate ``z_t`` per token;
 a *classifier* sees only ``x_t * z_t`` and predicts the label.  Gates (``gate=``):
 
-- ``"hardkuma"``: ``z_t ~ HardKuma(a_t, b_t)`` with ``a_t = shape_from_score(s^a_t)`` (likewise ``b``),
+- ``"hardkuma"``: ``z_t ~ HardKuma(a_t, b_t)`` with ``a_t = gate_config.shape(s^a_t)`` (likewise ``b``;
+  :class:`~hardkuma_attention.config.GateConfig`, preset ``"rationale"``: the sigmoid map on [0.1, 10]),
   reparameterised samples in training and ``HardKuma.deterministic()`` at eval (core
   :class:`~hardkuma_attention.HardKumaraswamy`; no copy of its math here);
 - ``"bernoulli"``: ``z_t ~ Bernoulli(sigmoid(s_t))`` trained with REINFORCE (Lei et al. 2016),
@@ -28,18 +29,17 @@ tensors ``(B, T)`` and exactly 0 on padding.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
-
-import math
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..distributions import DEFAULT_SUPPORT, HardKumaraswamy
-from ..fused import ab_from_scores
+from ..config import GateConfig
+from ..distributions import HardKumaraswamy
 
 __all__ = [
     "ModelConfig",
@@ -49,7 +49,7 @@ __all__ = [
     "make_encoder",
     "ENCODERS",
     "compact_selected",
-    "shape_from_score",
+    "nest_old_fields",
     "Classifier",
     "IndependentSelector",
     "DependentSelector",
@@ -65,9 +65,24 @@ SELECTORS = ("independent", "dependent")
 ENCODERS = ("lstm", "cnn")
 
 
+def _rationale_gate() -> GateConfig:
+    return GateConfig.preset("rationale")
+
+
+# ModelConfig fields before GateConfig (model.pt / results.json written then): -> gate_config.
+_OLD_GATE_FIELDS = {"support": "support", "ab_clamp": "ab_range", "ab_map": "ab_map"}
+# The dependent selector's LSTM-cell size (a former ModelConfig field no run changed).
+DEPENDENT_HIDDEN = 30
+
+
 @dataclass
 class ModelConfig:
-    """Architecture.  ``num_outputs`` = number of classes, or 1 with ``task="regression"``."""
+    """Architecture.  ``num_outputs`` = number of classes, or 1 with ``task="regression"``.
+
+    ``gate_config``: how the HardKuma selector's scores become gates (support, the a/b map and its
+    range; :class:`~hardkuma_attention.config.GateConfig`, default its ``"rationale"`` preset:
+    ``a = exp(log 0.1 + log(100) sigmoid(s))``, 1 at ``s = 0``, no flat zone).
+    """
 
     vocab_size: int
     embed_dim: int = 50
@@ -76,13 +91,10 @@ class ModelConfig:
     task: str = "classification"  # or "regression" (sigmoid output in [0, 1], MSE loss)
     gate: str = "hardkuma"
     selector: str = "independent"
-    dependent_hidden: int = 30
     dropout: float = 0.5
     freeze_embeddings: bool = True
     skip_zeros: bool = True
-    support: Tuple[float, float] = DEFAULT_SUPPORT
-    ab_clamp: Tuple[float, float] = (0.1, 10.0)
-    ab_map: str = "sigmoid"  # "sigmoid": log a = log lo + (log hi - log lo) sigmoid(s); "clamp": core's clamp(softplus(s))
+    gate_config: GateConfig = field(default_factory=_rationale_gate)
     pooling: str = "final"  # classifier summary: "final" bi-LSTM states or "max" over time
     bernoulli_decode_rate: Optional[float] = None  # eval: top ceil(rate * n) tokens instead of p >= 1/2
     encoder: str = "lstm"  # selector and classifier encoder: "lstm" (bi-LSTM) | "cnn" (faster on long documents)
@@ -94,8 +106,6 @@ class ModelConfig:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
-        if self.ab_map not in ("sigmoid", "clamp"):
-            raise ValueError(f"ab_map must be 'sigmoid' or 'clamp', got {self.ab_map!r}")
         if self.pooling not in ("final", "max"):
             raise ValueError(f"pooling must be 'final' or 'max', got {self.pooling!r}")
         if self.encoder not in ENCODERS:
@@ -104,8 +114,31 @@ class ModelConfig:
             raise ValueError(f"cnn_kernel must be odd and >= 1 and cnn_layers >= 1, got {self.cnn_kernel}, {self.cnn_layers}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
-        self.support = tuple(self.support)
-        self.ab_clamp = tuple(self.ab_clamp)
+        if isinstance(self.gate_config, dict):
+            self.gate_config = GateConfig(**self.gate_config)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "ModelConfig":
+        """The config saved as ``dataclasses.asdict`` (``model.pt``, ``results.json``), also in
+        the shape written before :class:`~hardkuma_attention.config.GateConfig` (flat ``support``,
+        ``ab_clamp``, ``ab_map``; missing ones took the "rationale" preset's values)."""
+        return cls(**nest_old_fields(values, "gate_config", GateConfig.preset("rationale"), _OLD_GATE_FIELDS,
+                                     {"dependent_hidden": DEPENDENT_HIDDEN}))
+
+
+def nest_old_fields(values: Dict[str, Any], name: str, base, renamed: Dict[str, str],
+                    removed: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of the saved config ``values`` whose flat fields ``renamed`` (old name -> field of the
+    nested config ``base``) become ``values[name] = replace(base, ...)``; the ``removed`` fields are
+    dropped where they hold the constant that replaced them (else ``ValueError``)."""
+    values = dict(values)
+    for old, constant in removed.items():
+        if values.pop(old, constant) != constant:
+            raise ValueError(f"{old} other than {constant} is no longer supported")
+    old = {new: values.pop(field) for field, new in renamed.items() if field in values}
+    if old:
+        values[name] = dataclasses.replace(base, **old)
+    return values
 
 
 @dataclass
@@ -124,22 +157,6 @@ class RationaleOutput:
     dist: Optional[HardKumaraswamy] = None
     select_logits: Optional[torch.Tensor] = None
     log_prob_z: Optional[torch.Tensor] = None
-
-
-def shape_from_score(score: torch.Tensor, ab_clamp: Tuple[float, float], ab_map: str = "sigmoid") -> torch.Tensor:
-    r"""A HardKuma shape parameter (``a`` or ``b``) from an unconstrained score.
-
-    ``"clamp"``: the core's ``clamp(softplus(s), lo, hi)`` (:func:`~hardkuma_attention.fused.ab_from_scores`),
-    whose gradient is exactly 0 outside ``[lo, hi]``: a gate pushed there is stuck (neither the
-    task loss nor the L0 penalty can move it back).  ``"sigmoid"`` (default):
-    ``exp(log lo + (log hi - log lo) sigmoid(s))``, the same range, 1 at ``s = 0`` (uniform Kuma),
-    and no flat zone (its gradient only vanishes where sigmoid(s) rounds to 0 or 1, |s| > ~17).
-    """
-    lo, hi = float(ab_clamp[0]), float(ab_clamp[1])
-    if ab_map == "clamp":
-        return ab_from_scores(score, (lo, hi))
-    log_lo, log_hi = math.log(lo), math.log(hi)
-    return torch.exp(log_lo + (log_hi - log_lo) * torch.sigmoid(score))
 
 
 class LSTMEncoder(nn.Module):
@@ -262,13 +279,13 @@ class DependentSelector(nn.Module):
     """
 
     def __init__(self, embed_dim: int, hidden_size: int, z_hidden: int, dropout: float,
-                 support, ab_clamp, ab_map: str = "sigmoid", encoder: Optional[nn.Module] = None):
+                 gate: Optional[GateConfig] = None, encoder: Optional[nn.Module] = None):
         super().__init__()
         self.encoder = encoder if encoder is not None else LSTMEncoder(embed_dim, hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.cell = nn.LSTMCell(self.encoder.output_size + 1, z_hidden)
         self.scores = nn.Linear(self.encoder.output_size + z_hidden, 2)
-        self.support, self.ab_clamp, self.ab_map = support, ab_clamp, ab_map
+        self.gate = gate if gate is not None else GateConfig.preset("rationale")
 
     def forward(self, emb: torch.Tensor, mask: torch.Tensor, sample: bool):
         h, _ = self.encoder(self.dropout(emb), mask.sum(1))
@@ -280,9 +297,8 @@ class DependentSelector(nn.Module):
         for t in range(length):
             state = self.cell(torch.cat([h[:, t], z_prev], dim=-1), state)
             s = self.scores(torch.cat([h[:, t], state[0]], dim=-1))
-            a_t = shape_from_score(s[:, 0], self.ab_clamp, self.ab_map)
-            b_t = shape_from_score(s[:, 1], self.ab_clamp, self.ab_map)
-            dist = HardKumaraswamy(a_t, b_t, support=self.support)
+            a_t, b_t = self.gate.shape(s[:, 0]), self.gate.shape(s[:, 1])
+            dist = HardKumaraswamy(a_t, b_t, support=self.gate.support)
             z_t = dist.rsample() if sample else dist.deterministic()
             z_t = z_t * mask[:, t].to(z_t.dtype)
             a_list.append(a_t), b_list.append(b_t), z_list.append(z_t)
@@ -330,8 +346,8 @@ class RationaleModel(nn.Module):
 
         if c.gate == "hardkuma":
             if c.selector == "dependent":
-                self.selector = DependentSelector(c.embed_dim, c.hidden_size, c.dependent_hidden, c.dropout,
-                                                  c.support, c.ab_clamp, c.ab_map, encoder=enc())
+                self.selector = DependentSelector(c.embed_dim, c.hidden_size, DEPENDENT_HIDDEN, c.dropout,
+                                                  c.gate_config, encoder=enc())
             else:
                 self.selector = IndependentSelector(c.embed_dim, c.hidden_size, c.dropout, encoder=enc())
         elif c.gate == "bernoulli":
@@ -341,18 +357,19 @@ class RationaleModel(nn.Module):
         self.classifier = Classifier(c.embed_dim, c.hidden_size, c.num_outputs, c.dropout, c.skip_zeros, c.pooling,
                                      encoder=enc())
 
-    def _finish(self, out: torch.Tensor) -> torch.Tensor:
+    def finish_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's output from the classifier's ``out`` ``(B, C)``: unchanged for
+        classification (logits), ``sigmoid(out)`` squeezed to ``(B,)`` in ``(0, 1)`` for regression.
+        Use it on :attr:`classifier` outputs computed outside :meth:`forward` (explanations)."""
         if self.config.task == "regression":
             return torch.sigmoid(out.squeeze(-1))
         return out
-
-    finish_logits = _finish  # alias until the #13 merge
 
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Classifier output for given gates ``z`` ``(B, T)`` (e.g. a fixed 0/1 rationale mask for
         ERASER comprehensiveness / sufficiency)."""
         emb = self.embed(tokens)
-        return self._finish(self.classifier(emb, z.to(emb.dtype) * mask.to(emb.dtype), mask))
+        return self.finish_logits(self.classifier(emb, z.to(emb.dtype) * mask.to(emb.dtype), mask))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> RationaleOutput:
         c = self.config
@@ -366,9 +383,8 @@ class RationaleModel(nn.Module):
                 a, b, z = self.selector(emb, mask, sample=self.training)
             else:
                 scores = self.selector(emb, mask)
-                a = shape_from_score(scores[..., 0], c.ab_clamp, c.ab_map)
-                b = shape_from_score(scores[..., 1], c.ab_clamp, c.ab_map)
-            dist = HardKumaraswamy(a, b, support=c.support)
+                a, b = c.gate_config.shape(scores[..., 0]), c.gate_config.shape(scores[..., 1])
+            dist = HardKumaraswamy(a, b, support=c.gate_config.support)
             if c.selector != "dependent":
                 z = dist.rsample() if self.training else dist.deterministic()
             z = z * fmask
@@ -383,5 +399,5 @@ class RationaleModel(nn.Module):
                 z = top_fraction(select_logits, mask, c.bernoulli_decode_rate).to(emb.dtype)
             else:
                 z = (select_logits >= 0).to(emb.dtype) * fmask
-        logits = self._finish(self.classifier(emb, z, mask))
+        logits = self.finish_logits(self.classifier(emb, z, mask))
         return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z)

@@ -7,14 +7,16 @@ HardKuma (Bastings et al. 2019, Sec. 4), with ``m`` the valid tokens of sequence
     T_i       = sum_t P(z_t=0)(1-P(z_{t+1}=0)) + ...                   core ``expected_transitions``
     trans     = sum_i T_i / sum_i sum_{t in m_i} (1 - P(z_it = 0))   (lasso_measure="per_selected")
               = mean_i T_i / |m_i|                                    (lasso_measure="rate", the paper)
-    loss      = task + lambda_sel (L0 - selection) + lambda_lasso (trans - lasso)
-                (task only during the first ``constraint_warmup`` updates; with
-                ``selection_anneal`` the target falls linearly from 1 to ``selection``)
+    loss      = task + lambda_sel (L0 - s_t) + lambda_lasso (trans - lasso)
+                (task only during the first ``controller.warmup`` updates; ``s_t = selection``,
+                or with ``selection_anneal = N`` the target falling linearly from 1:
+                ``s_t = s + (1 - s) max(0, 1 - t / N)``, ``t`` the updates after the warm-up)
 
-with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint`, only for
-the constraints that are set (``selection`` / ``lasso`` None means "off").  The selection
-constraint is an equality by default (``equality``); the transition constraint is always the
-inequality ``trans <= lasso``.
+with both multipliers from the core :class:`~hardkuma_attention.LagrangianConstraint`, built from
+one :class:`~hardkuma_attention.config.ControllerConfig` (``controller``, default its
+``"rationale"`` preset), only for the constraints that are set (``selection`` / ``lasso`` None
+means "off").  The selection constraint is an equality with that preset (``controller.equality``);
+the transition constraint is always the inequality ``trans <= lasso``.
 
 Bernoulli gates, REINFORCE (Lei et al. 2016), per example ``i``::
 
@@ -25,7 +27,7 @@ Bernoulli gates, REINFORCE (Lei et al. 2016), per example ``i``::
 ``sparsity_target = 0`` (default) the sparsity term is Lei et al.'s ``lambda_1 |z|`` (normalised
 by length); a positive target penalises the distance to a selection rate instead, which makes
 "comparable rates" easy to reach.  ``baseline`` is a moving average of the mean cost (variance
-reduction; a buffer, saved in the checkpoint).
+reduction, decay ``BASELINE_DECAY`` = 0.95; a buffer, saved in the checkpoint).
 
 Full text (``gate="none"``): the task loss only.
 
@@ -34,18 +36,18 @@ expected/measured selection rate, multipliers).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..constraints import LagrangianConstraint
+from ..config import ControllerConfig
 from ..distributions import HardKumaraswamy
-from ..functional import expected_l0, expected_transitions, masked_mean
-from .models import RationaleOutput
+from ..functional import expected_l0, expected_transitions, masked_mean, nonzero_rate
+from .models import RationaleOutput, nest_old_fields
 
 __all__ = [
     "ObjectiveConfig",
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 SELECTION_GRADIENTS = ("l0", "open", "log_open")
+# Decay of the REINFORCE baseline's moving average (a former ObjectiveConfig field no run changed).
+BASELINE_DECAY = 0.95
 LASSO_MEASURES = ("rate", "per_selected")
 
 
@@ -67,20 +71,24 @@ LASSO_MEASURES = ("rate", "per_selected")
 class ObjectiveConfig:
     """Loss settings.  ``selection``/``lasso``: HardKuma targets (None = no constraint).
 
-    Lagrangian defaults (what converged on SST for targets 0.1, 0.3 and 0.5): ``equality=True``
-    (the core's additive update, lambda may turn negative) with ``lagrange_lr = 0.002``,
-    ``lagrange_alpha = 0.9``, ``lambda_init = 0``, ``lagrange_damping = 1``,
-    ``selection_measure = "decoded"`` and ``selection_gradient = "open"``; together with the
-    model's ``ab_clamp = (0.1, 10)``.  The paper's controller is ``equality=False,
-    lagrange_damping=0, selection_measure="expected", selection_gradient="l0"``.  Faster
-    multipliers (0.01-0.05, alpha 0.99) wind lambda up while the gates sit at exactly 1 and then
-    switch every gate off at once.  With the paper's inequality form the
-    multiplier only ever pushes the selection *down*; on SST a fast multiplier (lr 0.05) drove every
-    gate to exactly 0, where the task loss has no gradient, and the run never recovered.  The
-    equality form pulls the expected L0 back up when it falls below the target.
-    ``lambda_init=None`` means 0 for equality constraints and 1e-3 for inequality ones.
+    ``controller``: the Lagrangian controller of both constraints
+    (:class:`~hardkuma_attention.config.ControllerConfig`; CLI ``--controller PRESET`` plus
+    ``--lagrange-lr`` (``lr``), ``--lagrange-alpha`` (``alpha``), ``--lambda-init``,
+    ``--lambda-max``, ``--equality``, ``--lagrange-damping`` (``damping``),
+    ``--selection-measure`` (``observe``)).  Its default, the ``"rationale"`` preset, is what
+    converged on SST for targets 0.1, 0.3 and 0.5: an equality constraint (the core's additive
+    update, lambda may turn negative) with ``lr = 0.002``, ``alpha = 0.9``, ``lambda_init = 0``,
+    ``damping = 1``, ``observe = "decoded"``, used with ``selection_gradient = "open"`` and the
+    model's gate preset ``"rationale"`` (a, b in [0.1, 10]).  The paper's controller is
+    ``ControllerConfig.preset("paper")`` (inequality, no damping, ``observe="expected"``) with
+    ``selection_gradient="l0"``.  Faster multipliers (0.01-0.05, alpha 0.99) wind lambda up while
+    the gates sit at exactly 1 and then switch every gate off at once.  With the paper's
+    inequality form the multiplier only ever pushes the selection *down*; on SST a fast
+    multiplier (lr 0.05) drove every gate to exactly 0, where the task loss has no gradient, and
+    the run never recovered.  The equality form pulls the expected L0 back up when it falls below
+    the target.
 
-    ``constraint_warmup``: the first N training updates use the task loss only (the multipliers
+    ``controller.warmup``: the first N training updates use the task loss only (the multipliers
     do not move), so the classifier learns from the full text before the selection pressure starts.
     Without it the constraint acts while the classifier still predicts the majority class, the
     selector gets no useful task gradient and every gate is switched off uniformly.
@@ -90,12 +98,12 @@ class ObjectiveConfig:
     slowly moving equilibrium instead of winding up while the gates sit at 1 and then switching
     every gate off.
 
-    ``lagrange_damping``: the proportional term of the core controller (``damping``), for both
-    multipliers (selection and, with ``lasso``, transitions): the selector is pushed by
-    ``lambda + d * m`` instead of ``lambda`` alone, so it reacts at once to a rate far from the
-    target instead of waiting for ``lambda`` to wind up.
+    ``controller.damping``: the proportional term of the core controller, for both multipliers
+    (selection and, with ``lasso``, transitions): the selector is pushed by ``lambda + d * m``
+    instead of ``lambda`` alone, so it reacts at once to a rate far from the target instead of
+    waiting for ``lambda`` to wind up.
 
-    ``selection_measure``: what the selection multiplier tracks.  ``"expected"`` (the paper) is
+    ``controller.observe``: what the selection multiplier tracks.  ``"expected"`` (the paper) is
     the expected L0 itself; ``"decoded"`` is the fraction of tokens kept by the deterministic
     test-time decision (:meth:`HardKumaraswamy.deterministic`) on the training batch, while the
     gradient comes from ``selection_gradient`` (a proxy Lagrangian).  The two differ where gates
@@ -106,7 +114,7 @@ class ObjectiveConfig:
     pushes.  ``"l0"``: the expected L0 ``1 - P(z=0)``.  ``"open"``: ``(1 - P(z=0) + P(z=1)) / 2``,
     which rises with the gate as well but whose gradient does not vanish when every gate is
     confidently open (there ``P(z=0)`` is ~1e-12 and flat, while ``P(z=1)`` still moves); only
-    with ``selection_measure="decoded"``, since the multiplier must track the selection itself.
+    with ``observe="decoded"``, since the multiplier must track the selection itself.
     ``"log_open"``: ``(log(1 - P0) + log P1) / 2``, linear in ``b``, whose gradient survives at the
     closed corner too (see :func:`selection_surrogate`; on the span task it reopens a collapsed
     selector but, with the default damping and Adam, swings between all-open and all-closed).
@@ -117,8 +125,9 @@ class ObjectiveConfig:
     ``"rate"``: the paper's transitions per token: its gradient pushes every isolated open gate
     shut (closing everything is its easiest optimum), against the selection constraint.  The
     default was chosen on the span task (tests/rationale/synthetic.py ``span_examples``; figures
-    from ``benchmarks/coherence_diagnostics.py`` in the README's "Coherent rationales").  With ``"per_selected"`` and ``selection_measure="decoded"``
-    the multiplier tracks the decoded switches per decoded selected token.
+    from ``benchmarks/coherence_diagnostics.py`` in the README's "Coherent rationales").  With
+    ``"per_selected"`` and ``observe="decoded"`` the multiplier tracks the decoded switches per
+    decoded selected token.
 
     ``lasso_priority``: the selection constraint has priority: while the selection's moving
     average is more than ``lasso_priority`` below its target, the lasso penalty is switched off
@@ -129,28 +138,20 @@ class ObjectiveConfig:
 
     selection: Optional[float] = None
     lasso: Optional[float] = None
-    lagrange_lr: float = 0.002
-    lagrange_alpha: float = 0.9
-    lambda_init: Optional[float] = None
-    lambda_max: float = 5.0
-    equality: bool = True
+    controller: ControllerConfig = field(default_factory=lambda: ControllerConfig.preset("rationale"))
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.0
     coherence_weight: float = 0.0
-    baseline_decay: float = 0.95
-    constraint_warmup: int = 0
     selection_anneal: int = 0
-    lagrange_damping: float = 1.0
-    selection_measure: str = "decoded"
     selection_gradient: str = "open"
     lasso_measure: str = "per_selected"
     lasso_priority: Optional[float] = None
 
     def __post_init__(self):
-        if self.selection_measure not in ("expected", "decoded"):
-            raise ValueError(
-                f"selection_measure (--selection-measure) must be 'expected' or 'decoded', got {self.selection_measure!r}"
-            )
+        if isinstance(self.controller, dict):
+            self.controller = ControllerConfig(**self.controller)
+        if self.selection is not None and not 0.0 <= self.selection <= 1.0:
+            raise ValueError(f"selection (--selection) must be in [0, 1], got {self.selection}")
         if self.selection_gradient not in SELECTION_GRADIENTS:
             raise ValueError(f"selection_gradient (--selection-gradient) must be one of {SELECTION_GRADIENTS}, "
                              f"got {self.selection_gradient!r}")
@@ -159,12 +160,26 @@ class ObjectiveConfig:
                              f"got {self.lasso_measure!r}")
         if self.lasso_priority is not None and self.lasso_priority < 0:
             raise ValueError(f"lasso_priority (--lasso-priority) must be >= 0, got {self.lasso_priority}")
-        if self.selection_gradient != "l0" and self.selection_measure != "decoded":
+        if self.selection_gradient != "l0" and self.controller.observe != "decoded":
             raise ValueError(f"--selection-gradient {self.selection_gradient} needs --selection-measure decoded: the "
                              "multiplier must track the selection itself, not the surrogate; with "
                              "--selection-measure expected add --selection-gradient l0")
-        if self.lagrange_damping < 0:
-            raise ValueError(f"lagrange_damping (--lagrange-damping) must be >= 0, got {self.lagrange_damping}")
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "ObjectiveConfig":
+        """The config saved as ``dataclasses.asdict`` (``model.pt``, ``results.json``), also in
+        the flat shape written before :class:`~hardkuma_attention.config.ControllerConfig`
+        (``lagrange_lr``, ``lagrange_alpha``, ``lambda_init``, ``lambda_max``, ``equality``,
+        ``lagrange_damping``, ``selection_measure``, ``constraint_warmup``; the defaults they had
+        are the "rationale" preset's)."""
+        return cls(**nest_old_fields(values, "controller", ControllerConfig.preset("rationale"),
+                                     _OLD_CONTROLLER_FIELDS, {"baseline_decay": BASELINE_DECAY}))
+
+
+# ObjectiveConfig fields before ControllerConfig -> ControllerConfig fields.
+_OLD_CONTROLLER_FIELDS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
+                          "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",
+                          "selection_measure": "observe", "constraint_warmup": "warmup"}
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
@@ -175,8 +190,9 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, task: str, reduction:
 
 
 def selection_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence fraction of valid tokens with ``z != 0``: ``(B,)`` (no gradient)."""
-    return masked_mean((z.detach() != 0).to(torch.float32), mask, dim=-1)
+    """Per-sequence fraction of valid tokens with ``z != 0``: ``(B,)`` (no gradient; core
+    :func:`~hardkuma_attention.functional.nonzero_rate` over the last dim)."""
+    return nonzero_rate(z, mask, dim=-1)
 
 
 def selection_surrogate(dist, mask: torch.Tensor, kind: str) -> torch.Tensor:
@@ -232,10 +248,11 @@ def decoded_lasso(z: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tenso
 
 
 def transition_rate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence number of selected/unselected switches divided by length: ``(B,)``."""
-    sel = (z.detach() != 0).to(torch.float32)
-    pair_valid = (mask[:, 1:] & mask[:, :-1]).to(torch.float32)
-    switches = ((sel[:, 1:] - sel[:, :-1]).abs() * pair_valid).sum(-1)
+    """Per-sequence number of selected/unselected switches divided by length: ``(B,)`` (no
+    gradient): the core :func:`~hardkuma_attention.functional.expected_transitions` of the hard
+    gates (``P0 = 1[z = 0]``, so each pair counts ``|1[z_t = 0] - 1[z_{t+1} = 0]|``)."""
+    closed = (z.detach() == 0).to(torch.float32)
+    switches = expected_transitions(closed, mask, dim=-1, normalize=False)
     return switches / mask.sum(-1).clamp_min(1).to(torch.float32)
 
 
@@ -254,28 +271,62 @@ class RationaleObjective(nn.Module):
     """Loss for a :class:`~hardkuma_attention.rationale.models.RationaleModel` output.
 
     Holds the Lagrangian controllers (HardKuma) or the REINFORCE baseline (Bernoulli) as
-    sub-modules / buffers so that they are saved and restored with the checkpoint.
+    sub-modules / buffers so that they are saved and restored with the checkpoint; the update
+    count ``updates`` (a buffer) fixes the warm-up and the annealed target of every call.
+
+    With ``selection_anneal`` the selection constraint acts on the gap ``measured - s_t`` with
+    target 0 (:meth:`selection_target` gives ``s_t``, passed explicitly each update), so no
+    attribute changes behind the state dict; without it its target is ``selection``.
     """
 
     def __init__(self, config: ObjectiveConfig, gate: str, task: str = "classification"):
         super().__init__()
         self.config, self.gate, self.task = config, gate, task
-        c = config
-        lambda_init = c.lambda_init if c.lambda_init is not None else (0.0 if c.equality else 1e-3)
-        kwargs = dict(alpha=c.lagrange_alpha, lr=c.lagrange_lr, lambda_init=lambda_init,
-                      lambda_max=c.lambda_max, equality=c.equality, damping=c.lagrange_damping,
-                      valid_range=(0.0, 1.0))  # both targets are rates
+        c, ctrl = config, config.controller
+        hardkuma = gate == "hardkuma"
         self.selection_constraint = (
-            LagrangianConstraint(c.selection, **kwargs) if gate == "hardkuma" and c.selection is not None else None
+            ctrl.build(0.0 if c.selection_anneal else c.selection, valid_range=(0.0, 1.0))  # both targets are rates
+            if hardkuma and c.selection is not None else None
         )
         # The transition rate is an upper bound (contiguity), always an inequality constraint.
-        lasso_kwargs = dict(kwargs, equality=False, lambda_init=lambda_init if lambda_init > 0 else 1e-3)
+        lasso_init = ctrl.initial_multiplier if ctrl.initial_multiplier > 0 else 1e-3
         self.lasso_constraint = (
-            LagrangianConstraint(c.lasso, **lasso_kwargs) if gate == "hardkuma" and c.lasso is not None else None
+            ctrl.build(c.lasso, valid_range=(0.0, 1.0), equality=False, lambda_init=lasso_init)
+            if hardkuma and c.lasso is not None else None
         )
         self.register_buffer("reinforce_baseline", torch.tensor(0.0))
         self.register_buffer("baseline_updates", torch.tensor(0, dtype=torch.long))
         self.register_buffer("updates", torch.tensor(0, dtype=torch.long))
+
+    def selection_target(self) -> Optional[float]:
+        """The selection target of the current update: ``selection``, or with ``selection_anneal
+        = N`` ``s + (1 - s) max(0, 1 - t / N)`` with ``t`` the updates after the warm-up."""
+        c = self.config
+        if c.selection is None or not c.selection_anneal:
+            return c.selection
+        t = max(int(self.updates) - c.controller.warmup, 0)
+        return c.selection + (1 - c.selection) * max(0.0, 1 - t / c.selection_anneal)
+
+    def _selection_penalty(self, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
+        """The selection constraint's penalty (``controller.observe``: what its multiplier tracks)."""
+        c, mask = self.config, out.mask
+        if c.selection_anneal:
+            stats["selection_target"] = self.selection_target()
+        observed = None
+        if c.controller.observe == "decoded":
+            with torch.no_grad():
+                observed = selection_rate(out.dist.deterministic(), mask).mean()
+            stats["decoded_selected"] = float(observed)
+        pushed = selection_surrogate(out.dist, mask, c.selection_gradient)
+        if c.selection_anneal:  # the gap to this update's target, against the constraint's target 0
+            target = stats["selection_target"]
+            pushed = pushed - target
+            observed = None if observed is None else observed - target
+        # count: the rate is a mean over the batch's sequences; under torch.distributed the
+        # constraint all-reduces (count * rate, count), i.e. the mean over the global batch.
+        penalty = self.selection_constraint(pushed, observed, count=float(mask.size(0)))
+        stats["lambda_selection"] = self.selection_constraint.multiplier
+        return penalty
 
     def _lasso_penalty(self, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
         """The lasso constraint's penalty; zero (the multiplier still tracks) while ``lasso_priority``
@@ -283,7 +334,7 @@ class RationaleObjective(nn.Module):
         c = self.config
         trans = lasso_measured(out.dist, out.mask, c.lasso_measure)
         observed = None  # "rate": the expected rate itself, as before
-        if c.lasso_measure != "rate" and c.selection_measure == "decoded":
+        if c.lasso_measure != "rate" and c.controller.observe == "decoded":
             with torch.no_grad():
                 observed = decoded_lasso(out.dist.deterministic(), out.mask, c.lasso_measure)
         penalty = self.lasso_constraint(trans, observed, count=float(out.mask.size(0)))  # see the selection
@@ -296,54 +347,44 @@ class RationaleObjective(nn.Module):
                 penalty = penalty * 0.0
         return penalty
 
+    def _add_hardkuma_terms(self, loss: torch.Tensor, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
+        """``loss`` plus the Lagrangian penalties (none during the warm-up, which only counts updates)."""
+        stats["expected_l0"] = float(expected_l0(out.dist, out.mask, dim=-1).mean().detach())
+        warm = int(self.updates) > self.config.controller.warmup or not self.training
+        if self.selection_constraint is not None and warm:
+            loss = loss + self._selection_penalty(out, stats)
+        if self.lasso_constraint is not None and warm:
+            loss = loss + self._lasso_penalty(out, stats)
+        return loss
+
+    def _reinforce_terms(self, out: RationaleOutput, per_example: torch.Tensor, rate: torch.Tensor,
+                         stats: Dict[str, float]) -> torch.Tensor:
+        """REINFORCE: ``mean_i (cost_i - baseline) log p(z_i | x_i)``; updates the baseline in training."""
+        c = self.config
+        cost = (per_example.detach() + c.sparsity_weight * (rate - c.sparsity_target).abs()
+                + c.coherence_weight * transition_rate(out.z, out.mask))
+        if self.training:
+            with torch.no_grad():
+                mean_cost = pooled_mean(cost)  # the same on every rank under torch.distributed
+                if int(self.baseline_updates) == 0:
+                    self.reinforce_baseline.copy_(mean_cost)
+                else:
+                    d = BASELINE_DECAY
+                    self.reinforce_baseline.mul_(d).add_((1 - d) * mean_cost)
+                self.baseline_updates.add_(1)
+        stats["cost"] = float(cost.mean())
+        return ((cost - self.reinforce_baseline) * out.log_prob_z).mean()
+
     def forward(self, out: RationaleOutput, targets: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        mask = out.mask
         per_example = task_loss(out.logits, targets, self.task, reduction="none")
         task = per_example.mean()
-        rate = selection_rate(out.z, mask)
+        rate = selection_rate(out.z, out.mask)
         stats = {"task_loss": float(task.detach()), "selected": float(rate.mean())}
         loss = task
         if self.training:
             self.updates.add_(1)
-        warm = int(self.updates) > self.config.constraint_warmup or not self.training
         if self.gate == "hardkuma" and out.dist is not None:
-            l0 = expected_l0(out.dist, mask, dim=-1).mean()
-            stats["expected_l0"] = float(l0.detach())
-            if self.selection_constraint is not None and warm:
-                if c_anneal := self.config.selection_anneal:
-                    s = self.config.selection
-                    t = max(int(self.updates) - self.config.constraint_warmup, 0)
-                    self.selection_constraint.target = s + (1 - s) * max(0.0, 1 - t / c_anneal)
-                    stats["selection_target"] = self.selection_constraint.target
-                observed = None
-                if self.config.selection_measure == "decoded":
-                    with torch.no_grad():
-                        observed = selection_rate(out.dist.deterministic(), mask).mean()
-                    stats["decoded_selected"] = float(observed)
-                pushed = selection_surrogate(out.dist, mask, self.config.selection_gradient)
-                # count: the rate is a mean over the batch's sequences; under torch.distributed the
-                # constraint all-reduces (count * rate, count), i.e. the mean over the global batch.
-                loss = loss + self.selection_constraint(pushed, observed, count=float(mask.size(0)))
-                stats["lambda_selection"] = self.selection_constraint.multiplier
-            if self.lasso_constraint is not None and warm:
-                loss = loss + self._lasso_penalty(out, stats)
+            loss = self._add_hardkuma_terms(loss, out, stats)
         elif self.gate == "bernoulli" and out.log_prob_z is not None:
-            c = self.config
-            cost = (
-                per_example.detach()
-                + c.sparsity_weight * (rate - c.sparsity_target).abs()
-                + c.coherence_weight * transition_rate(out.z, mask)
-            )
-            if self.training:
-                with torch.no_grad():
-                    mean_cost = pooled_mean(cost)  # the same on every rank under torch.distributed
-                    if int(self.baseline_updates) == 0:
-                        self.reinforce_baseline.copy_(mean_cost)
-                    else:
-                        d = c.baseline_decay
-                        self.reinforce_baseline.mul_(d).add_((1 - d) * mean_cost)
-                    self.baseline_updates.add_(1)
-            advantage = cost - self.reinforce_baseline
-            loss = loss + (advantage * out.log_prob_z).mean()
-            stats["cost"] = float(cost.mean())
+            loss = loss + self._reinforce_terms(out, per_example, rate, stats)
         return loss, stats

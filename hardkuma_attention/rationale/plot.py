@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .io import atomic_output
 
-__all__ = ["load_results", "plot_accuracy_vs_selection"]
+__all__ = ["load_results", "run_without", "plot_accuracy_vs_selection"]
 
 # Files train rewrites while it runs; results.json is written after them (last).
 _TRAINING_FILES = ("history.jsonl", "checkpoint_last.pt")
@@ -49,9 +49,15 @@ def _load_one(path: Path) -> dict:
     return results
 
 
+def run_without(results: Sequence[dict], split: str, metric: str) -> Optional[dict]:
+    """The first of ``results`` without ``metric`` on ``split`` (None: every run has it)."""
+    return next((r for r in results if metric not in (r.get(split) or {})), None)
+
+
 def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "test",
                                metric: str = "accuracy", title: str = "") -> None:
-    """Write a PNG (atomically) of ``metric`` vs ``100 * selected`` on ``split``."""
+    """Write a PNG (atomically) of ``metric`` vs ``100 * selected`` on ``split`` (``KeyError`` when a
+    run lacks it: :func:`run_without` checks first)."""
     from matplotlib.figure import Figure  # no pyplot: the process's matplotlib backend stays as it is
 
     groups: Dict[str, List[tuple]] = {}
@@ -59,9 +65,7 @@ def plot_accuracy_vs_selection(results: Sequence[dict], out_path, split: str = "
     for r in results:
         m = r.get(split) or {}
         if metric not in m:
-            from .cli import UsageError
-
-            raise UsageError(f"--metric: run {r.get('name')!r} has no {split}.{metric}")
+            raise KeyError(f"run {r.get('name')!r} has no {split}.{metric}")
         gate = r["model_config"]["gate"]
         if gate == "none":
             baselines.append((r.get("name", "full text"), m[metric]))

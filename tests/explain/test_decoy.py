@@ -42,7 +42,7 @@ def test_decoy_rejects_bad_input():
 
 def test_cli_decoy_digits_smoke(tmp_path):
     pytest.importorskip("sklearn")
-    from hardkuma_attention.explain.cli import main
+    from hardkuma_attention.cli import explain_main as main
     import json
 
     assert main(["decoy-digits", "--out", str(tmp_path), "--seeds", "0", "--epochs", "2",

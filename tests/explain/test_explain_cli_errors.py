@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hardkuma_attention.explain.cli import main
+from hardkuma_attention.cli import explain_main as main
 from hardkuma_attention.rationale.data import DataFormatError
 
 from test_text import examples, tiny_pipeline

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hardkuma_attention.explain.rrr_text import RRRTextConfig, RRRTextPenalty, annotation_rows, gradient_mass_report
-from hardkuma_attention.rationale.cli import main as rationale_main
+from hardkuma_attention.cli import main as rationale_main
 from hardkuma_attention.rationale.data import Example
 from hardkuma_attention.rationale.train import load_pipeline
 

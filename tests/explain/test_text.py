@@ -92,7 +92,7 @@ def test_cli_mask_writes_results(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps({"text": " ".join(e.tokens), "label": e.label,
                                           "rationale": [[1, 2]]}) for e in examples()))
-    from hardkuma_attention.explain.cli import main
+    from hardkuma_attention.cli import explain_main as main
     from hardkuma_attention.rationale.data import FORMATS
 
     if "jsonl" not in FORMATS:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 
 from synthetic import marker_examples
 

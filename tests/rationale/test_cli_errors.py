@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 from hardkuma_attention.rationale.data import DataFormatError, read_eraser
 
 
@@ -199,3 +199,18 @@ def test_explain_bad_model_is_one_line(tmp_path, data, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2
     _one_line(capsys, f"hardkuma-rationale explain mask: error: {tmp_path / 'm.pt'}: not a readable")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--controller", "paper"], "--selection-gradient open needs --selection-measure decoded"),
+    (["--ab-range", "10", "0.1"], "--controller/--gate-preset: ab_range must satisfy 0 < lo < hi"),
+    (["--support", "0.1", "1.1"], "--controller/--gate-preset: support must satisfy l < 0 < 1 < r"),
+    (["--lambda-max", "1e-13"], "--controller/--gate-preset: need 0 < lambda_min <= lambda_max"),
+])
+def test_inconsistent_controller_or_gate_settings_fail_before_any_work(tmp_path, data, capsys, extra, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier run: --overwrite must not delete it
+    assert _train(tmp_path, *data, "--overwrite", *extra) == 2
+    assert message in _one_line(capsys, "hardkuma-rationale train: error: --")
+    assert (out / "results.json").read_text() == "{}"

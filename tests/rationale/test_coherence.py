@@ -4,6 +4,7 @@ open gate shut, and at the closed corner only the log surrogate still has a grad
 import pytest
 import torch
 
+from hardkuma_attention.config import ControllerConfig
 from hardkuma_attention.distributions import HardKumaraswamy
 from hardkuma_attention.functional import expected_transitions
 from hardkuma_attention.rationale import LabelMap, ModelConfig, ObjectiveConfig, Pipeline, RationaleModel
@@ -89,7 +90,7 @@ def test_objective_options_are_validated_and_old_behaviour_reachable():
     with pytest.raises(ValueError, match="lasso_priority"):
         ObjectiveConfig(lasso_priority=-1.0)
     with pytest.raises(ValueError, match="selection-measure decoded"):
-        ObjectiveConfig(selection_measure="expected", selection_gradient="log_open")
+        ObjectiveConfig(controller=ControllerConfig.preset("rationale", observe="expected"), selection_gradient="log_open")
     assert ObjectiveConfig(lasso_measure="rate").lasso_measure == "rate"
 
 
@@ -118,8 +119,9 @@ def _train_span(tmp_path, **objective):
                       dropout=0.0, freeze_embeddings=False, pooling="max")
     # selection_anneal: the target falls from 1 to 0.2, so the extra gates are closed from above
     # instead of having to be opened from the closed corner.
-    obj = RationaleObjective(ObjectiveConfig(selection=TARGET, lagrange_lr=0.02, constraint_warmup=40,
-                                             selection_anneal=150, **objective), "hardkuma")
+    ctrl = ControllerConfig.preset("rationale", lr=0.02, warmup=40)
+    obj = RationaleObjective(ObjectiveConfig(selection=TARGET, controller=ctrl, selection_anneal=150, **objective),
+                             "hardkuma")
     pipe = Pipeline(RationaleModel(cfg), obj, vocab, labels)
     train(pipe, train_ex, dev_ex, TrainConfig(epochs=6, batch_size=25, lr=3e-3, eval_every=20, progress=False,
                                                selection_tolerance=0.03), tmp_path)

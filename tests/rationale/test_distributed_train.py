@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 from hardkuma_attention.rationale.distributed import DUMP_ENV, LaunchError, launch_env
 from hardkuma_attention.rationale.objectives import pooled_mean
 

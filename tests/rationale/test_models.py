@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from hardkuma_attention import HardKumaraswamy, LagrangianConstraint
+from hardkuma_attention.config import ControllerConfig, GateConfig
 from hardkuma_attention.rationale.models import ModelConfig, RationaleModel, compact_selected
 from hardkuma_attention.rationale.objectives import ObjectiveConfig, RationaleObjective
 
@@ -125,7 +126,7 @@ def test_regression_output_in_unit_interval():
 def test_constraint_warmup_keeps_multiplier_still():
     tokens, mask = batch()
     m = model(gate="hardkuma").train()
-    obj = RationaleObjective(ObjectiveConfig(selection=0.2, constraint_warmup=2), "hardkuma").train()
+    obj = RationaleObjective(ObjectiveConfig(selection=0.2, controller=ControllerConfig.preset("rationale", warmup=2)), "hardkuma").train()
     y = torch.tensor([0, 1, 2])
     for expected_updates in [0, 0, 1, 2]:
         loss, stats = obj(m(tokens, mask), y)
@@ -137,8 +138,9 @@ def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
     tokens, mask = batch()
     m = model(gate="hardkuma").train()
     y = torch.tensor([0, 1, 2])
-    cfg = dict(selection=0.2, lagrange_lr=1.0, lagrange_alpha=0.0, lagrange_damping=0.5, selection_gradient="l0")
-    obj = RationaleObjective(ObjectiveConfig(**cfg), "hardkuma").train()  # decoded is the default
+    ctrl = ControllerConfig.preset("rationale", lr=1.0, alpha=0.0, damping=0.5)
+    cfg = dict(selection=0.2, selection_gradient="l0")
+    obj = RationaleObjective(ObjectiveConfig(**cfg, controller=ctrl), "hardkuma").train()  # decoded is the default
     assert obj.selection_constraint.damping == 0.5
     torch.manual_seed(1)
     out = m(tokens, mask)
@@ -151,12 +153,12 @@ def test_decoded_selection_measure_drives_the_multiplier_with_the_l0_gradient():
     loss.backward()
     assert m.selector.scores.weight.grad.abs().sum() > 0
     # the paper's measure tracks the expected L0 instead (and logs no decoded rate)
-    obj2 = RationaleObjective(ObjectiveConfig(**cfg, selection_measure="expected"), "hardkuma").train()
+    obj2 = RationaleObjective(ObjectiveConfig(**cfg, controller=ctrl.replace(observe="expected")), "hardkuma").train()
     _, stats2 = obj2(out, y)
     assert "decoded_selected" not in stats2
     assert obj2.selection_constraint.multiplier == pytest.approx(stats2["expected_l0"] - 0.2, abs=1e-6)
-    with pytest.raises(ValueError, match="--selection-measure"):
-        ObjectiveConfig(selection=0.2, selection_measure="sampled")
+    with pytest.raises(ValueError, match="observe"):
+        ControllerConfig.preset("rationale", observe="sampled")
 
 
 def test_top_fraction_and_bernoulli_rate_decoding():
@@ -178,12 +180,45 @@ def test_selection_anneal_lowers_target_linearly():
     obj = RationaleObjective(ObjectiveConfig(selection=0.2, selection_anneal=4), "hardkuma").train()
     targets = [obj(m(tokens, mask), torch.tensor([0, 1, 2]))[1]["selection_target"] for _ in range(6)]
     assert targets == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.2, 0.2])
-    assert obj.selection_constraint.target == pytest.approx(0.2)
+    assert [obj.selection_target()] == pytest.approx([0.2])
+    assert obj.selection_constraint.target == 0.0  # the gap to the explicit per-update target: never rewritten
 
 
-def test_shape_from_score_range_and_gradient():
-    from hardkuma_attention.rationale.models import shape_from_score
+def test_annealed_target_is_bit_identical_to_rewriting_the_constraint_target():
+    """The former implementation kept one constraint at ``selection`` and rewrote its ``target``
+    (not in the state dict) every update; the explicit per-update target gives the same loss,
+    gradient, moving average and multiplier, bit for bit."""
+    from hardkuma_attention.rationale.objectives import selection_rate, selection_surrogate, task_loss
 
+    tokens, mask = batch()
+    y = torch.tensor([0, 1, 2])
+    m = model(gate="hardkuma").train()
+    cfg = ObjectiveConfig(selection=0.2, selection_anneal=4, controller=ControllerConfig.preset("rationale", lr=0.5))
+    obj = RationaleObjective(cfg, "hardkuma").train()
+    ref = cfg.controller.build(0.2, valid_range=(0.0, 1.0)).train()
+    weight = m.selector.scores.weight
+    for step in range(1, 7):
+        torch.manual_seed(step)
+        out = m(tokens, mask)
+        loss, stats = obj(out, y)
+        ref.target = 0.2 + 0.8 * max(0.0, 1 - step / 4)  # the old rewrite
+        observed = selection_rate(out.dist.deterministic(), mask).mean()
+        want = task_loss(out.logits, y, "classification", reduction="none").mean() + ref(
+            selection_surrogate(out.dist, mask, "open"), observed, count=float(B))
+        assert stats["selection_target"] == ref.target
+        assert torch.equal(loss, want)
+        assert torch.equal(torch.autograd.grad(loss, weight, retain_graph=True)[0],
+                           torch.autograd.grad(want, weight, retain_graph=True)[0])
+        for name in ("lagrange_multiplier", "moving_average", "num_updates"):
+            assert torch.equal(getattr(obj.selection_constraint, name), getattr(ref, name)), name
+    assert float(ref.lagrange_multiplier) != 0.0  # the multipliers moved
+
+
+def test_gate_shape_range_and_gradient():
+    def shape_from_score(score, ab_range, ab_map):  # the selector's map: GateConfig.shape
+        return GateConfig(ab_map=ab_map, ab_range=ab_range).shape(score)
+
+    assert ModelConfig(vocab_size=V).gate_config == GateConfig(ab_map="sigmoid", ab_range=(0.1, 10.0))
     s = torch.tensor([-12.0, 0.0, 12.0], requires_grad=True)
     a = shape_from_score(s, (0.1, 10.0), "sigmoid")
     assert a[1].item() == pytest.approx(1.0) and a.min().item() >= 0.1 - 1e-6 and a.max().item() <= 10.0 + 1e-5
@@ -206,7 +241,8 @@ def test_best_on_dev_eligibility_is_two_sided_for_targets_driven_from_both_sides
     assert best(history, two_sided=True) == (0.29, 0.41)
     assert best([(0.10, 0.5), (0.45, 0.6)], two_sided=True) == (0.45, 0.6)  # none eligible: closest
     eq = RationaleObjective(ObjectiveConfig(selection=0.3), "hardkuma")
-    ineq = RationaleObjective(ObjectiveConfig(selection=0.3, equality=False), "hardkuma")
+    ineq = RationaleObjective(ObjectiveConfig(selection=0.3, controller=ControllerConfig.preset("rationale", equality=False)),
+                              "hardkuma")
     bern = RationaleObjective(ObjectiveConfig(sparsity_target=0.3, sparsity_weight=1.0), "bernoulli")
     full = RationaleObjective(ObjectiveConfig(), "none")
     assert [_selection_target(o) for o in (eq, ineq, bern, full)] == [(0.3, True), (0.3, False), (0.3, True), (None, False)]
@@ -223,7 +259,8 @@ def test_open_selection_gradient_survives_when_every_gate_is_open():
         b = torch.full((2, 3), 0.1, requires_grad=True)  # P(z=0) ~ 1e-12, P(z=1) ~ 0.95
         dist = HardKumaraswamy(a, b)
         out = RationaleOutput(logits=torch.zeros(2, 3), z=torch.ones(2, 3), mask=mask, dist=dist)
-        obj = RationaleObjective(ObjectiveConfig(selection=0.3, lagrange_damping=0.0, lambda_init=1.0,
+        ctrl = ControllerConfig.preset("rationale", damping=0.0, lambda_init=1.0)
+        obj = RationaleObjective(ObjectiveConfig(selection=0.3, controller=ctrl,
                                                  selection_gradient=selection_gradient), "hardkuma").train()
         loss, _ = obj(out, y)
         return torch.autograd.grad(loss, (a, b))
@@ -234,4 +271,5 @@ def test_open_selection_gradient_survives_when_every_gate_is_open():
     assert ga.abs().min() > 1e-4 and gb.abs().min() > 1e-3  # P(z=1) still moves ...
     assert (ga > 0).all() and (gb < 0).all()  # ... and descending closes the gates (a down, b up)
     with pytest.raises(ValueError, match="--selection-measure decoded"):
-        ObjectiveConfig(selection=0.3, selection_gradient="open", selection_measure="expected")
+        ObjectiveConfig(selection=0.3, selection_gradient="open",
+                        controller=ControllerConfig.preset("rationale", observe="expected"))

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 
 from synthetic import marker_examples
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hardkuma_attention.rationale.cli import main
+from hardkuma_attention.cli import main
 
 from synthetic import marker_examples
 
