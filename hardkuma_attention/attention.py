@@ -34,7 +34,7 @@ from .config import GateConfig
 from .functional import BACKENDS, scaled_dot_product_hardkuma
 from .masks import MASKED_SCORE, merge_masks  # MASKED_SCORE re-exported here
 
-__all__ = ["HardKumaAttention", "attention_gate", "MASKED_SCORE"]
+__all__ = ["HardKumaAttention", "GateOptions", "attention_gate", "MASKED_SCORE"]
 
 PARAMETERIZATIONS = ("split", "separate")
 
@@ -90,7 +90,26 @@ def _batched(query, key, value, key_padding_mask):
     return query, key, value, key_padding_mask, unbatched
 
 
-class HardKumaAttention(nn.Module):
+class GateOptions:
+    """Mixin of attention modules that hold a :class:`GateConfig` as ``self.gate``: read-only
+    ``normalize``, ``support`` and ``ab_clamp`` (= ``ab_range``) views under their older names."""
+
+    gate: GateConfig
+
+    @property
+    def normalize(self) -> str:
+        return self.gate.normalize
+
+    @property
+    def support(self) -> Tuple[float, float]:
+        return self.gate.support
+
+    @property
+    def ab_clamp(self) -> Tuple[float, float]:
+        return self.gate.ab_range
+
+
+class HardKumaAttention(GateOptions, nn.Module):
     """Multi-head attention whose weights are HardKuma gates (exact zeros and ones).
 
     Args (as ``nn.MultiheadAttention``): ``embed_dim``, ``num_heads``, ``dropout`` (on the
@@ -191,19 +210,6 @@ class HardKumaAttention(nn.Module):
         self.out_proj = nn.Linear(E, E, bias=bias, **fk)
         self.register_parameter("in_proj_weight", None)
         self.register_parameter("in_proj_bias", None)
-
-    # The gate's fields under their older names (read-only; the gate is ``self.gate``).
-    @property
-    def normalize(self) -> str:
-        return self.gate.normalize
-
-    @property
-    def support(self) -> Tuple[float, float]:
-        return self.gate.support
-
-    @property
-    def ab_clamp(self) -> Tuple[float, float]:
-        return self.gate.ab_range
 
     def __setstate__(self, state):
         # modules pickled before ``gate`` existed stored the three fields as attributes

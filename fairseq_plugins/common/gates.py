@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+from hardkuma_attention.attention import GateOptions  # re-exported: the modules' read-only views
 from hardkuma_attention.config import GateConfig
 
 __all__ = ["GateOptions", "attention_gate", "core_gate_kwargs"]
@@ -33,25 +34,6 @@ def attention_gate(
     if out.ab_map != "clamp":
         raise ValueError(f"the attention path maps scores with ab_map='clamp', got ab_map={out.ab_map!r}")
     return out
-
-
-class GateOptions:
-    """Mixin of the attention modules: read-only ``normalize``, ``support`` and ``ab_clamp`` (=
-    ``ab_range``) views of their ``self.gate`` (a :class:`GateConfig`, the one source)."""
-
-    gate: GateConfig
-
-    @property
-    def normalize(self) -> str:
-        return self.gate.normalize
-
-    @property
-    def support(self) -> Tuple[float, float]:
-        return self.gate.support
-
-    @property
-    def ab_clamp(self) -> Tuple[float, float]:
-        return self.gate.ab_range
 
 
 def core_gate_kwargs(gate: GateConfig) -> Dict[str, Any]:
