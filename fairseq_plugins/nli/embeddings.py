@@ -1,11 +1,13 @@
 """Pretrained word vectors in GloVe text format (``word v1 ... vD`` a line, optionally ``.gz``)."""
 from __future__ import annotations
 
-import gzip
 import logging
 from typing import Dict, Iterable
 
 import torch
+
+from hardkuma_attention.rationale.data import text_lines
+from hardkuma_attention.rationale.embeddings import read_glove as _read_glove_rows
 
 logger = logging.getLogger(__name__)
 
@@ -13,28 +15,28 @@ __all__ = ["read_glove", "pretrained_embedding_matrix"]
 
 
 def read_glove(path: str, words: Iterable[str], dim: int) -> Dict[str, torch.Tensor]:
-    """Vectors of ``words`` found in the GloVe file ``path`` (other lines are skipped unparsed).
+    """Vectors of ``words`` found in the GloVe file ``path`` (the first row of a repeated word).
 
-    Raises ValueError naming ``path:line`` when a needed line has not ``dim`` numbers.
+    The file is read and checked by the rationale library's reader
+    (:func:`hardkuma_attention.rationale.embeddings.read_glove`: one ``path:line`` error for a row
+    of another dimension, a non-numeric entry, a word2vec header, bad UTF-8 or gzip); a dimension
+    other than ``dim`` is a ValueError naming ``path:line`` (the first row) and ``--embed-dim``.
     """
-    wanted = set(words)
+    found_words, vectors = _read_glove_rows(path, words=set(words))
+    if vectors.size(1) != dim:
+        raise ValueError(f"{path}:{_first_row(path)}: vectors have {vectors.size(1)} values, --embed-dim is {dim}")
     found: Dict[str, torch.Tensor] = {}
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            word, _, rest = line.rstrip("\n").partition(" ")
-            if word not in wanted or word in found:
-                continue
-            try:
-                values = [float(x) for x in rest.split()]
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
-            if len(values) != dim:
-                raise ValueError(
-                    f"{path}:{lineno}: vector of {word!r} has {len(values)} values, --embed-dim is {dim}"
-                )
-            found[word] = torch.tensor(values)
+    for word, vector in zip(found_words, vectors):
+        found.setdefault(word, vector)
     return found
+
+
+def _first_row(path: str) -> int:
+    """Line number of the first vector row (the one that sets the file's dimension)."""
+    for lineno, line in text_lines(path, "embeddings file"):
+        if len(line.rstrip().split(" ")) >= 2:
+            return lineno
+    return 1
 
 
 def pretrained_embedding_matrix(path: str, symbols, padding_idx: int, dim: int, seed: int = 0) -> torch.Tensor:
