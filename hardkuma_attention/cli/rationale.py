@@ -45,6 +45,9 @@ _HELP = {
     "lasso": "HardKuma: Lagrangian upper bound on transitions (fused lasso), per selected token by default (2/L: runs of L tokens; --lasso-measure rate: per token, the paper)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
                           "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
+    "warmup_gates": "HardKuma: what the classifier sees during --constraint-warmup: task (the sampled gates, "
+                    "task loss only) | open (z = 1 on every token; only the selection constraint, towards the "
+                    "annealed target 1, trains the selector; for slow classifiers such as --encoder cnn on whole reviews)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",
@@ -70,7 +73,7 @@ _RANGES = {
     "bernoulli_decode_rate": (0, 1, True, False),
 }
 _CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent", "dependent"),
-            "pooling": ("final", "max"), "selection_gradient": ("l0", "open")}
+            "pooling": ("final", "max"), "selection_gradient": ("l0", "open"), "warmup_gates": ("task", "open")}
 # --flag -> ControllerConfig field; each flag's default None keeps the --controller preset's value.
 _CONTROLLER_FLAGS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
                      "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",

@@ -371,7 +371,10 @@ class RationaleModel(nn.Module):
         emb = self.embed(tokens)
         return self.finish_logits(self.classifier(emb, z.to(emb.dtype) * mask.to(emb.dtype), mask))
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> RationaleOutput:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, open_gates: bool = False) -> RationaleOutput:
+        """``open_gates``: the classifier sees ``z = 1`` on every valid token (returned as ``z``),
+        while the HardKuma distribution is still computed for the constraints (the open warm-up,
+        ``ObjectiveConfig.warmup_gates``); the task loss then sends no gradient to the selector."""
         c = self.config
         emb = self.embed(tokens)
         fmask = mask.to(emb.dtype)
@@ -387,7 +390,7 @@ class RationaleModel(nn.Module):
             dist = HardKumaraswamy(a, b, support=c.gate_config.support)
             if c.selector != "dependent":
                 z = dist.rsample() if self.training else dist.deterministic()
-            z = z * fmask
+            z = fmask if open_gates else z * fmask
         else:
             select_logits = self.selector(emb, mask).squeeze(-1)
             if self.training:
