@@ -44,7 +44,8 @@ _HELP = {
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
     "lasso": "HardKuma: Lagrangian upper bound on transitions (fused lasso), per selected token by default (2/L: runs of L tokens; --lasso-measure rate: per token, the paper)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
-                          "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
+                          "its gradient survives when every gate is confidently open; needs --selection-measure decoded) | "
+                          "log_open ((log(1 - P0) + log P1) / 2: also at the closed corner)",
     "warmup_gates": "HardKuma: what the classifier sees during --constraint-warmup: task (the sampled gates, "
                     "task loss only) | open (z = 1 on every token; only the selection constraint, towards the "
                     "annealed target 1, trains the selector; for slow classifiers such as --encoder cnn on whole reviews)",
@@ -73,7 +74,8 @@ _RANGES = {
     "bernoulli_decode_rate": (0, 1, True, False),
 }
 _CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent", "dependent"),
-            "pooling": ("final", "max"), "selection_gradient": ("l0", "open"), "warmup_gates": ("task", "open")}
+            "pooling": ("final", "max"), "selection_gradient": ("l0", "open", "log_open"),
+            "warmup_gates": ("task", "open")}
 # --flag -> ControllerConfig field; each flag's default None keeps the --controller preset's value.
 _CONTROLLER_FLAGS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
                      "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",

@@ -108,3 +108,18 @@ def test_open_warmup_keeps_a_slow_classifier_from_collapsing_the_selection(tmp_p
     assert all(h["selected"] == 1.0 for h in new_history if h["step"] <= WARMUP), new_history
     assert abs(new["selected"] - TARGET) <= TOL, new
     assert new["accuracy"] >= 0.95, new
+
+
+def test_command_line_reaches_the_open_warmup_and_every_selection_gradient():
+    from hardkuma_attention.cli import build_parser
+    from hardkuma_attention.cli.rationale import configs_from_args
+    from hardkuma_attention.rationale.objectives import SELECTION_GRADIENTS
+
+    base = ["train", "--format", "jsonl", "--train", "t", "--dev", "d", "--out", "o", "--gate", "hardkuma",
+            "--selection", "0.1", "--constraint-warmup", "400"]
+    _, ocfg, _ = configs_from_args(build_parser().parse_args(base), vocab_size=10, embed_dim=4, num_outputs=2)
+    assert ocfg.warmup_gates == "task" and ocfg.controller.warmup == 400  # the old behaviour by default
+    for kind in SELECTION_GRADIENTS:  # the README's --selection-gradient log_open included
+        argv = base + ["--warmup-gates", "open", "--selection-gradient", kind]
+        _, ocfg, _ = configs_from_args(build_parser().parse_args(argv), vocab_size=10, embed_dim=4, num_outputs=2)
+        assert (ocfg.warmup_gates, ocfg.selection_gradient) == ("open", kind)
