@@ -49,6 +49,7 @@ _HELP = {
     "warmup_gates": "HardKuma: what the classifier sees during --constraint-warmup: task (the sampled gates, "
                     "task loss only) | open (z = 1 on every token; only the selection constraint, towards the "
                     "annealed target 1, trains the selector; for slow classifiers such as --encoder cnn on whole reviews)",
+    "score_penalty": "HardKuma: weight of the mean squared selector score (keeps the sigmoid a/b map out of saturation)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",
@@ -68,6 +69,7 @@ _RANGES = {
     "dropout": (0, 1, False, True), "selection": (0, 1, False, False), "lasso": (0, 1, False, False),
     "sparsity_weight": (0, None, False, False), "sparsity_target": (0, 1, False, False),
     "coherence_weight": (0, None, False, False), "selection_anneal": (0, None, False, False),
+    "score_penalty": (0, None, False, False),
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
     "lr": (0, None, True, False), "selector_lr": (0, None, True, False), "weight_decay": (0, None, False, False),
     "eval_every": (0, None, False, False), "max_minutes": (0, None, False, False),

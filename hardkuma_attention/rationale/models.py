@@ -148,7 +148,8 @@ class RationaleOutput:
     ``logits``: ``(B, C)`` (regression: ``(B,)`` in [0, 1]); ``z``: gates ``(B, T)``;
     ``dist``: the HardKuma over the gates (``gate="hardkuma"``); ``select_logits``: Bernoulli
     logits ``(B, T)`` (``gate="bernoulli"``); ``log_prob_z``: ``(B,)`` sum over valid tokens of
-    ``log p(z_t)`` for REINFORCE (``gate="bernoulli"``, training).
+    ``log p(z_t)`` for REINFORCE (``gate="bernoulli"``, training); ``scores``: the independent
+    HardKuma selector's raw scores ``(B, T, 2)`` before the a/b map (``ObjectiveConfig.score_penalty``).
     """
 
     logits: torch.Tensor
@@ -157,6 +158,7 @@ class RationaleOutput:
     dist: Optional[HardKumaraswamy] = None
     select_logits: Optional[torch.Tensor] = None
     log_prob_z: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None
 
 
 class LSTMEncoder(nn.Module):
@@ -378,7 +380,7 @@ class RationaleModel(nn.Module):
         c = self.config
         emb = self.embed(tokens)
         fmask = mask.to(emb.dtype)
-        dist = select_logits = log_prob_z = None
+        dist = select_logits = log_prob_z = scores = None
         if c.gate == "none":
             z = fmask
         elif c.gate == "hardkuma":
@@ -403,4 +405,4 @@ class RationaleModel(nn.Module):
             else:
                 z = (select_logits >= 0).to(emb.dtype) * fmask
         logits = self.finish_logits(self.classifier(emb, z, mask))
-        return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z)
+        return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z, scores)

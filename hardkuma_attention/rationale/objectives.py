@@ -151,6 +151,12 @@ class ObjectiveConfig:
     to beat the majority class): with ``"task"`` the task loss of a classifier that still predicts
     the majority class shut every gate before it learned anything, and the selection then
     collapsed (README "Whole documents"; ``tests/rationale/test_open_warmup.py``).
+
+    ``score_penalty``: adds ``w * mean_{i, t in m_i} (s^a_it^2 + s^b_it^2) / 2`` over the independent
+    selector's raw scores (before the sigmoid a/b map).  On whole Movies reviews the task gradient
+    after the warm-up drove the CNN selector's scores to |s| = 20-300, where the map's sigmoid has
+    derivative exactly 0 in float32: no gradient, from the task or from the constraint, reached the
+    selector again (README "Whole documents").  0 (default): off.
     """
 
     selection: Optional[float] = None
@@ -164,6 +170,7 @@ class ObjectiveConfig:
     lasso_measure: str = "per_selected"
     lasso_priority: Optional[float] = None
     warmup_gates: str = "task"
+    score_penalty: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.controller, dict):
@@ -176,6 +183,8 @@ class ObjectiveConfig:
         if self.lasso_measure not in LASSO_MEASURES:
             raise ValueError(f"lasso_measure (--lasso-measure) must be one of {LASSO_MEASURES}, "
                              f"got {self.lasso_measure!r}")
+        if self.score_penalty < 0:
+            raise ValueError(f"score_penalty (--score-penalty) must be >= 0, got {self.score_penalty}")
         if self.warmup_gates not in WARMUP_GATES:
             raise ValueError(f"warmup_gates (--warmup-gates) must be one of {WARMUP_GATES}, got {self.warmup_gates!r}")
         if self.lasso_priority is not None and self.lasso_priority < 0:
@@ -384,6 +393,10 @@ class RationaleObjective(nn.Module):
             loss = loss + self._selection_penalty(out, stats)
         if self.lasso_constraint is not None and warm:
             loss = loss + self._lasso_penalty(out, stats)
+        if out.scores is not None and self.config.score_penalty > 0:
+            square = masked_mean(out.scores.pow(2).mean(-1), out.mask, dim=-1).mean()
+            stats["score_rms"] = float(square.detach().sqrt())
+            loss = loss + self.config.score_penalty * square
         return loss
 
     def _reinforce_terms(self, out: RationaleOutput, per_example: torch.Tensor, rate: torch.Tensor,

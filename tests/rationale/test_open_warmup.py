@@ -123,3 +123,31 @@ def test_command_line_reaches_the_open_warmup_and_every_selection_gradient():
         argv = base + ["--warmup-gates", "open", "--selection-gradient", kind]
         _, ocfg, _ = configs_from_args(build_parser().parse_args(argv), vocab_size=10, embed_dim=4, num_outputs=2)
         assert (ocfg.warmup_gates, ocfg.selection_gradient) == ("open", kind)
+
+
+def test_score_penalty_is_the_mean_squared_score_and_revives_a_saturated_selector():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=20, embed_dim=8, hidden_size=8, num_outputs=2, gate="hardkuma", dropout=0.0)
+    model = RationaleModel(cfg).train()
+    with torch.no_grad():  # scores of |s| ~ 100s: the sigmoid a/b map is saturated
+        model.selector.scores.bias.copy_(torch.tensor([300.0, -300.0]))
+    tokens = torch.randint(1, 20, (3, 6))
+    tokens[2, 3:] = 0
+    mask, y = tokens != 0, torch.zeros(3, dtype=torch.long)
+    grads = {}
+    for w in (0.0, 0.01):
+        model.zero_grad()
+        objective = _objective("task", warmup=0).train()
+        objective.config.score_penalty = w
+        objective.selection_constraint.moving_average.fill_(0.5)
+        out = model(tokens, mask)
+        loss, stats = objective(out, y)
+        loss.backward()
+        grads[w] = model.selector.scores.bias.grad.clone()
+        if w:
+            s2 = [float(out.scores.detach()[b, : int(mask[b].sum())].pow(2).mean()) for b in range(3)]
+            assert stats["score_rms"] == pytest.approx((sum(s2) / 3) ** 0.5, rel=1e-4)
+    assert float(grads[0.0].abs().max()) == 0.0  # saturated: neither task nor constraint moves it
+    assert grads[0.01][0] > 0 and grads[0.01][1] < 0  # the penalty pulls both scores back towards 0
+    with pytest.raises(ValueError, match="score_penalty"):
+        ObjectiveConfig(score_penalty=-1.0)
