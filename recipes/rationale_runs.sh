@@ -90,10 +90,10 @@ MOVIES_DATA=(movies/train.jsonl movies/val.jsonl movies/docs glove/glove.6B.50d.
 
 # movies_args EPOCHS: the ERASER Movies classifier settings of recipes/movies/run.sh (every run there, and
 # both models of recipes/explain/movies_rrr.sh) into the array MOVIES_ARGS, seed and gate not
-# included.  Uses DATA_DIR, MAX_LENGTH and MAX_MINUTES.
+# included.  Uses DATA_DIR, MAX_LENGTH (empty: whole reviews, no --max-length) and MAX_MINUTES.
 movies_args() {
   MOVIES_ARGS=(--format eraser --train "$DATA_DIR/movies/train.jsonl" --holdout 100 --test "$DATA_DIR/movies/val.jsonl"
-               --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" --max-length "$MAX_LENGTH"
+               --embeddings "$DATA_DIR/glove/glove.6B.50d.filtered.txt.gz" ${MAX_LENGTH:+--max-length "$MAX_LENGTH"}
                --epochs "$1" --batch-size 16 --lr 1e-3 --weight-decay 1e-5 --hidden-size 64 --dropout 0.3
                --pooling max --eval-every 25 --max-minutes "$MAX_MINUTES" --threads 1 --no-progress)
 }

@@ -44,7 +44,12 @@ _HELP = {
     "selection": "HardKuma: Lagrangian target for the expected fraction of selected tokens",
     "lasso": "HardKuma: Lagrangian upper bound on transitions (fused lasso), per selected token by default (2/L: runs of L tokens; --lasso-measure rate: per token, the paper)",
     "selection_gradient": "what the selection multiplier pushes: l0 (expected L0) | open ((1 - P0 + P1) / 2: "
-                          "its gradient survives when every gate is confidently open; needs --selection-measure decoded)",
+                          "its gradient survives when every gate is confidently open; needs --selection-measure decoded) | "
+                          "log_open ((log(1 - P0) + log P1) / 2: also at the closed corner)",
+    "warmup_gates": "HardKuma: what the classifier sees during --constraint-warmup: task (the sampled gates, "
+                    "task loss only) | open (z = 1 on every token; only the selection constraint, towards the "
+                    "annealed target 1, trains the selector; for slow classifiers such as --encoder cnn on whole reviews)",
+    "score_penalty": "HardKuma: weight of the mean squared selector score (keeps the sigmoid a/b map out of saturation)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
     "coherence_weight": "Bernoulli: weight of the transition rate in the REINFORCE cost",
@@ -64,13 +69,15 @@ _RANGES = {
     "dropout": (0, 1, False, True), "selection": (0, 1, False, False), "lasso": (0, 1, False, False),
     "sparsity_weight": (0, None, False, False), "sparsity_target": (0, 1, False, False),
     "coherence_weight": (0, None, False, False), "selection_anneal": (0, None, False, False),
+    "score_penalty": (0, None, False, False),
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
     "lr": (0, None, True, False), "selector_lr": (0, None, True, False), "weight_decay": (0, None, False, False),
     "eval_every": (0, None, False, False), "max_minutes": (0, None, False, False),
     "bernoulli_decode_rate": (0, 1, True, False),
 }
 _CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent", "dependent"),
-            "pooling": ("final", "max"), "selection_gradient": ("l0", "open")}
+            "pooling": ("final", "max"), "selection_gradient": ("l0", "open", "log_open"),
+            "warmup_gates": ("task", "open")}
 # --flag -> ControllerConfig field; each flag's default None keeps the --controller preset's value.
 _CONTROLLER_FLAGS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
                      "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",

@@ -148,7 +148,8 @@ class RationaleOutput:
     ``logits``: ``(B, C)`` (regression: ``(B,)`` in [0, 1]); ``z``: gates ``(B, T)``;
     ``dist``: the HardKuma over the gates (``gate="hardkuma"``); ``select_logits``: Bernoulli
     logits ``(B, T)`` (``gate="bernoulli"``); ``log_prob_z``: ``(B,)`` sum over valid tokens of
-    ``log p(z_t)`` for REINFORCE (``gate="bernoulli"``, training).
+    ``log p(z_t)`` for REINFORCE (``gate="bernoulli"``, training); ``scores``: the independent
+    HardKuma selector's raw scores ``(B, T, 2)`` before the a/b map (``ObjectiveConfig.score_penalty``).
     """
 
     logits: torch.Tensor
@@ -157,6 +158,7 @@ class RationaleOutput:
     dist: Optional[HardKumaraswamy] = None
     select_logits: Optional[torch.Tensor] = None
     log_prob_z: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None
 
 
 class LSTMEncoder(nn.Module):
@@ -371,11 +373,14 @@ class RationaleModel(nn.Module):
         emb = self.embed(tokens)
         return self.finish_logits(self.classifier(emb, z.to(emb.dtype) * mask.to(emb.dtype), mask))
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> RationaleOutput:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, open_gates: bool = False) -> RationaleOutput:
+        """``open_gates``: the classifier sees ``z = 1`` on every valid token (returned as ``z``),
+        while the HardKuma distribution is still computed for the constraints (the open warm-up,
+        ``ObjectiveConfig.warmup_gates``); the task loss then sends no gradient to the selector."""
         c = self.config
         emb = self.embed(tokens)
         fmask = mask.to(emb.dtype)
-        dist = select_logits = log_prob_z = None
+        dist = select_logits = log_prob_z = scores = None
         if c.gate == "none":
             z = fmask
         elif c.gate == "hardkuma":
@@ -387,7 +392,7 @@ class RationaleModel(nn.Module):
             dist = HardKumaraswamy(a, b, support=c.gate_config.support)
             if c.selector != "dependent":
                 z = dist.rsample() if self.training else dist.deterministic()
-            z = z * fmask
+            z = fmask if open_gates else z * fmask
         else:
             select_logits = self.selector(emb, mask).squeeze(-1)
             if self.training:
@@ -400,4 +405,4 @@ class RationaleModel(nn.Module):
             else:
                 z = (select_logits >= 0).to(emb.dtype) * fmask
         logits = self.finish_logits(self.classifier(emb, z, mask))
-        return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z)
+        return RationaleOutput(logits, z, mask, dist, select_logits, log_prob_z, scores)

@@ -59,12 +59,14 @@ __all__ = [
     "lasso_measured",
     "SELECTION_GRADIENTS",
     "LASSO_MEASURES",
+    "WARMUP_GATES",
 ]
 
 SELECTION_GRADIENTS = ("l0", "open", "log_open")
 # Decay of the REINFORCE baseline's moving average (a former ObjectiveConfig field no run changed).
 BASELINE_DECAY = 0.95
 LASSO_MEASURES = ("rate", "per_selected")
+WARMUP_GATES = ("task", "open")
 
 
 @dataclass
@@ -134,6 +136,27 @@ class ObjectiveConfig:
     (its multiplier still tracks).  None (default): always on.  On the span task with
     ``"per_selected"`` it did not help (0.02: the selection after 6 epochs was no closer to its
     target than without it), hence off by default.
+
+    ``warmup_gates``: what the classifier sees during the ``controller.warmup`` updates.
+    ``"task"`` (default, the old behaviour): the sampled gates, with the task loss alone training
+    both networks and no constraint acting.  ``"open"``: ``z = 1`` on every valid token, so the
+    classifier learns from the whole text and the task loss sends no gradient to the selector; the
+    selector is trained by the selection constraint alone, towards ``s_t`` (1 during the warm-up
+    when ``selection_anneal`` is set, so the gates are held open), and the lasso waits::
+
+        t <= warmup:  loss = task(f(x)) + lambda_sel (L0 - s_t)            (f sees x * 1)
+        t >  warmup:  loss = task(f(x * z)) + lambda_sel (L0 - s_t) + lambda_lasso (trans - lasso)
+
+    Meant for a classifier that learns slowly (the CNN on whole Movies reviews needs ~350 updates
+    to beat the majority class): with ``"task"`` the task loss of a classifier that still predicts
+    the majority class shut every gate before it learned anything, and the selection then
+    collapsed (README "Whole documents"; ``tests/rationale/test_open_warmup.py``).
+
+    ``score_penalty``: adds ``w * mean_{i, t in m_i} (s^a_it^2 + s^b_it^2) / 2`` over the independent
+    selector's raw scores (before the sigmoid a/b map).  On whole Movies reviews the task gradient
+    after the warm-up drove the CNN selector's scores to |s| = 20-300, where the map's sigmoid has
+    derivative exactly 0 in float32: no gradient, from the task or from the constraint, reached the
+    selector again (README "Whole documents").  0 (default): off.
     """
 
     selection: Optional[float] = None
@@ -146,6 +169,8 @@ class ObjectiveConfig:
     selection_gradient: str = "open"
     lasso_measure: str = "per_selected"
     lasso_priority: Optional[float] = None
+    warmup_gates: str = "task"
+    score_penalty: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.controller, dict):
@@ -158,6 +183,10 @@ class ObjectiveConfig:
         if self.lasso_measure not in LASSO_MEASURES:
             raise ValueError(f"lasso_measure (--lasso-measure) must be one of {LASSO_MEASURES}, "
                              f"got {self.lasso_measure!r}")
+        if self.score_penalty < 0:
+            raise ValueError(f"score_penalty (--score-penalty) must be >= 0, got {self.score_penalty}")
+        if self.warmup_gates not in WARMUP_GATES:
+            raise ValueError(f"warmup_gates (--warmup-gates) must be one of {WARMUP_GATES}, got {self.warmup_gates!r}")
         if self.lasso_priority is not None and self.lasso_priority < 0:
             raise ValueError(f"lasso_priority (--lasso-priority) must be >= 0, got {self.lasso_priority}")
         if self.selection_gradient != "l0" and self.controller.observe != "decoded":
@@ -307,6 +336,13 @@ class RationaleObjective(nn.Module):
         t = max(int(self.updates) - c.controller.warmup, 0)
         return c.selection + (1 - c.selection) * max(0.0, 1 - t / c.selection_anneal)
 
+    def gates_held_open(self) -> bool:
+        """Whether the next training update's classifier sees ``z = 1`` on every valid token
+        (``warmup_gates="open"`` during the first ``controller.warmup`` updates)."""
+        c = self.config
+        return (self.training and self.gate == "hardkuma" and c.warmup_gates == "open"
+                and int(self.updates) < c.controller.warmup)
+
     def _selection_penalty(self, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
         """The selection constraint's penalty (``controller.observe``: what its multiplier tracks)."""
         c, mask = self.config, out.mask
@@ -348,13 +384,19 @@ class RationaleObjective(nn.Module):
         return penalty
 
     def _add_hardkuma_terms(self, loss: torch.Tensor, out: RationaleOutput, stats: Dict[str, float]) -> torch.Tensor:
-        """``loss`` plus the Lagrangian penalties (none during the warm-up, which only counts updates)."""
+        """``loss`` plus the Lagrangian penalties (none during the warm-up, which only counts updates;
+        with ``warmup_gates="open"`` the selection penalty acts during the warm-up as well)."""
         stats["expected_l0"] = float(expected_l0(out.dist, out.mask, dim=-1).mean().detach())
         warm = int(self.updates) > self.config.controller.warmup or not self.training
-        if self.selection_constraint is not None and warm:
+        select = warm or self.config.warmup_gates == "open"  # "open": the constraint alone trains the selector
+        if self.selection_constraint is not None and select:
             loss = loss + self._selection_penalty(out, stats)
         if self.lasso_constraint is not None and warm:
             loss = loss + self._lasso_penalty(out, stats)
+        if out.scores is not None and self.config.score_penalty > 0:
+            square = masked_mean(out.scores.pow(2).mean(-1), out.mask, dim=-1).mean()
+            stats["score_rms"] = float(square.detach().sqrt())
+            loss = loss + self.config.score_penalty * square
         return loss
 
     def _reinforce_terms(self, out: RationaleOutput, per_example: torch.Tensor, rate: torch.Tensor,

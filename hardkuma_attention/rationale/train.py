@@ -339,7 +339,7 @@ def _start(pipeline: Pipeline, optimizer, out_dir: Path, settings: dict, ctx, re
 
 def _update(model, objective, optimizer, params, batch, extra_loss) -> Dict[str, float]:
     """One optimiser step on ``batch``; the objective's (and ``extra_loss``'s) statistics."""
-    out = model(batch.tokens, batch.mask)
+    out = model(batch.tokens, batch.mask, open_gates=objective.gates_held_open())
     loss, stats = objective(out, batch.targets)
     if extra_loss is not None:
         term, extra_stats = extra_loss(model, batch)
