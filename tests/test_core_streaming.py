@@ -133,8 +133,9 @@ TILES = [(None, None), (2, 3), (1, 1), (3, 7), (5, 2)]
 
 
 def run_streaming(x, m, **kw):
+    kw.setdefault("kernels", EAGER)
     out, _, st = scaled_dot_product_hardkuma(**x, scale=0.6, valid=m["valid"], bias=m["bias"],
-                                             is_causal=m["is_causal"], want_stats=True, kernels=EAGER, **kw)
+                                             is_causal=m["is_causal"], want_stats=True, **kw)
     return out, st
 
 
@@ -250,6 +251,27 @@ def test_gates_identical_across_tile_sizes():
     assert (z == 0).any() and (z == 1).any() and ((z > 0) & (z < 1)).any()
     other = run_streaming(x, m, training=True, generator=torch.Generator().manual_seed(8))[0]
     assert not torch.equal(other == 0, z == 0)  # another seed, other gates
+
+
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_chunks_match_one_pass(mask, training):
+    """Tiles that hold fewer batch elements than the call (``eager_block_cells`` forces chunks of 1
+    and of 2 of 3, a ragged last chunk) give the same output, statistics and gradients, the bias
+    gradient summed over chunks where the bias broadcasts over the batch."""
+    x, m = make_inputs(B=3, mask=mask, seed=5)
+    go = torch.randn(3, 3, 5, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    results = []
+    for cells in (1 << 20, 18, 36):  # 18 = heads x block_q x block_k: one batch element per chunk
+        kernels = TileKernels(compile=False, eager_block_cells=cells)
+        out, st = run_streaming(x, m, training=training, normalize="softmax", dropout_p=0.3 * training,
+                                block_q=2, block_k=3, generator=torch.Generator().manual_seed(2), kernels=kernels)
+        g = grads_of(out, st.l0_sum, x, m["bias"], go)
+        results.append((out, st.l0_sum, st.nonzero, st.cells) + tuple(g))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert results[0][2] > 0
 
 
 @pytest.mark.parametrize("mask,normalize", list(zip(MASKS, ["none", "sum", "softmax"] * 2)) + [("none", "softmax")])
