@@ -185,11 +185,44 @@ def prepare_call(normalize: str, dropout_p: float, training: bool, want_stats: b
 # costs about as much as the arithmetic; torch.compile fuses the same code into one loop.
 
 
+def _as_int32(x):
+    """32-bit values held in int64 as int32 tensors of the same bits (two's complement)."""
+    return None if x is None else torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+
+
+def _srl(h, r: int):
+    """Logical right shift of int32 ``h`` (``>>`` is arithmetic: clear the copied sign bits)."""
+    return (h >> r) & ((1 << (32 - r)) - 1)
+
+
+def _hash_uniform_int32(h, m: int, dtype):
+    """(``m < 32``: float32 and narrower) The steps of :func:`_hash_uniform` on int32 states (multiplication and addition wrap mod 2^32,
+    the same bits; half the memory traffic of int64 and vectorised multiplies: ~2.5x faster eager)."""
+    t = _srl(h, 19)
+    h <<= 13
+    h |= t  # rotl(h, 13)
+    h *= 5
+    h += _N
+    h ^= 16  # the key length in bytes
+    h ^= _srl(h, 16)  # fmix32
+    h *= _F1
+    h ^= _srl(h, 13)
+    h *= _F2
+    h ^= _srl(h, 16)
+    u = _srl(h, 32 - m).to(dtype)
+    u += 0.5
+    u *= 2.0 ** -m
+    return u
+
+
 def _hash_uniform(hrow, kcol, dtype):
     """:func:`counter_uniform` of a tile from the row states ``hrow`` (..., t, 1) and the column
-    keys ``kcol`` (s,), in place on one int64 tile (one temporary per shift)."""
+    keys ``kcol`` (s,), in place on one int64 tile (one temporary per shift); int32 states (the
+    eager kernels', :func:`_as_int32`) take :func:`_hash_uniform_int32`, with the same bits."""
     m = _mantissa(dtype)
     h = hrow ^ kcol
+    if h.dtype == torch.int32:
+        return _hash_uniform_int32(h, m, dtype)
     t = h >> 19
     h <<= 13
     h |= t
@@ -322,11 +355,26 @@ def _eval_gate_parts(sa, sb, lo: float, hi: float, amin: float, amax: float, log
     return (choice,) + _kuma_from_log_u(a, b, lu, lo, hi) + (e0, a, b)
 
 
+def _eval_gate(sa, sb, lo: float, hi: float, amin: float, amax: float, log_k0: float):
+    """``(z, e0)``: the values of :func:`_eval_gate_parts` (bit for bit) in fewer passes over the
+    tile, nothing kept for a backward: 13 transcendentals per cell, softplus of ``sa`` and ``sb``
+    (``exp``, ``log1p`` each), ``1 - P0`` and ``P1`` (``expm1``, ``log``, ``exp`` each) and the
+    median ``(1 - 2^(-1/b))^(1/a)`` (``expm1``, ``log``, ``exp``)."""
+    a = F.softplus(sa).clamp_(amin, amax)
+    b = F.softplus(sb).clamp_(amin, amax)
+    e0 = (a * log_k0).expm1_().neg_().log_().mul_(b).exp_()  # 1 - P0
+    p1 = (a * math.log((1.0 - lo) / (hi - lo))).expm1_().neg_().log_().mul_(b).exp_()  # P1
+    p0, pc = torch.neg(e0).add_(1.0), e0 - p1
+    median = (pc > p0) & (pc > p1)
+    t = torch.full_like(a, -math.log(2.0)).div_(b).expm1_().neg_().log_().div_(a).exp_()
+    t = t.mul_(hi - lo).add_(lo).clamp_(0.0, 1.0)
+    return torch.where(median, t, (p1 >= p0).to(sa.dtype)), e0
+
+
 def _fwd_eval_tile(sa, sb, valid, m, lo: float, hi: float, amin: float, amax: float, log_k0: float,
                    want_stats: bool):
     """Eval tile: deterministic gates -> ``(p, p, l0 sum, non-zero count)``."""
-    choice, t, _, _, _, _, e0, _, _ = _eval_gate_parts(sa, sb, lo, hi, amin, amax, log_k0)
-    z = torch.where(choice == 2.0, t.clamp_(0.0, 1.0), choice)
+    z, e0 = _eval_gate(sa, sb, lo, hi, amin, amax, log_k0)
     if valid is not None:
         z = z.mul_(valid)
     stats = _stats_tile(z, e0, valid) if want_stats else (None, None)
@@ -573,6 +621,8 @@ def _make_plan(qa, ka, v, bias, valid, cfg: StreamConfig) -> _Plan:
         if cfg.dropout_p > 0:
             hdrop = murmur3_row_hash(cfg.seed | (DROPOUT_STREAM << 32), bh, i)
         kcol = _mix_k(torch.arange(S, device=dev))
+        if not compiled and _mantissa(_compute_dtype(qa, ka, v, bias)) < 32:  # eager: int32 is faster, same bits
+            hrow, hdrop, kcol = _as_int32(hrow), _as_int32(hdrop), _as_int32(kcol)
     return _Plan(lead, T, S, _compute_dtype(qa, ka, v, bias), compiled, tiles, off, hrow, hdrop, kcol, chunks)
 
 
