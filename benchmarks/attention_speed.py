@@ -5,6 +5,10 @@ Per-length mode (the default): forward+backward time and saved-tensor memory at 
     python benchmarks/attention_speed.py                       # B=32, H=8, E=512, T in {128, 256}
     python benchmarks/attention_speed.py --lengths 128 --repeats 5 --threads 2
 
+``--mode eval`` times the eval forward under ``no_grad`` instead (per-length mode)::
+
+    python benchmarks/attention_speed.py --lengths 1024 --batch 8 --threads 1 --mode eval --variants softmax hardkuma
+
 Length sweep at a constant token budget (``--sweep``; B = tokens / T), training (forward +
 backward) and inference (eval forward under ``no_grad``), saved-tensor bytes and peak RSS::
 
@@ -183,23 +187,25 @@ def timed(step, module, fn, x):
 
 # ------------------------------------------------------------------ per-length mode (fixed batch)
 def per_length(args):
+    step = eval_step if args.mode == "eval" else train_step
     print(f"torch {torch.__version__}, {args.threads} threads, fp32 CPU, batch {args.batch}, "
-          f"heads {args.heads}, embed {args.embed_dim}, median of {args.repeats} interleaved rounds")
+          f"heads {args.heads}, embed {args.embed_dim}, {args.mode} step, median of {args.repeats} interleaved rounds")
     for T in args.lengths:
         torch.manual_seed(0)
         x = torch.randn(args.batch, T, args.embed_dim, requires_grad=True)
         layers = {name: build(name, args.embed_dim, args.heads) for name in args.variants}
         times = {name: [] for name in args.variants}
-        for name, (m, fn) in layers.items():  # warm-up
-            train_step(m, fn, x)
+        for name, (m, fn) in layers.items():  # warm-up (and any one-off compilation)
+            step(m, fn, x)
         for _ in range(args.repeats):
             for name, (m, fn) in layers.items():
-                times[name].append(timed(train_step, m, fn, x))
+                times[name].append(timed(step, m, fn, x))
         mem = {name: saved_bytes(m, fn, x) for name, (m, fn) in layers.items()}
         base_t = statistics.median(times["softmax"]) if "softmax" in times else None
         base_m = mem.get("softmax")
         print(f"\nT = {T}")
-        print(f"{'variant':<27} {'fwd+bwd ms':>10} {'x softmax':>9} {'saved MiB':>10} {'x softmax':>9}")
+        head = "fwd+bwd ms" if args.mode == "train" else "eval ms"
+        print(f"{'variant':<27} {head:>10} {'x softmax':>9} {'saved MiB':>10} {'x softmax':>9}")
         for name in args.variants:
             t = statistics.median(times[name])
             rt = f"{t / base_t:9.2f}" if base_t else "        -"
@@ -441,6 +447,8 @@ def parse_args(argv):
                     help=f"sequence lengths (default: 128 256; sweep: {' '.join(map(str, SWEEP_LENGTHS))})")
     ap.add_argument("--repeats", "--rounds", dest="repeats", type=ranged(int, 1), default=7, help="interleaved timing rounds")
     ap.add_argument("--threads", type=ranged(int, 1), default=2)
+    ap.add_argument("--mode", choices=("train", "eval"), default="train",
+                    help="per-length mode: time training steps (forward + backward) or eval forwards (no_grad)")
     ap.add_argument("--variants", nargs="+", default=None, help="default: see the variant list above")
     ap.add_argument("--map-budget-mib", type=ranged(float, 0, None, True), default=1024.0,
                     help="sweep: skip variants that keep a (B, H, T, T) map larger than this")
@@ -468,6 +476,8 @@ def parse_args(argv):
             ap.error(f"--tokens {args.tokens} is not a multiple of --lengths {bad}")
         if "softmax" not in args.variants:
             ap.error("--sweep needs the softmax variant (the baseline of every ratio)")
+        if args.mode != "train":
+            ap.error("--mode goes with the per-length mode (the sweep times training and eval)")
     elif args.markdown or args.out:
         ap.error("--markdown and --out go with --sweep")
     return args

@@ -17,6 +17,8 @@ spec.loader.exec_module(bench)
     (["--markdown"], "go with --sweep"),
     (["--sweep", "--variants", "hardkuma"], "needs the softmax variant"),
     (["--sweep", "--lengths", "0"], "must be >= 1"),
+    (["--sweep", "--mode", "eval"], "--mode goes with the per-length mode"),
+    (["--mode", "infer"], "--mode"),
 ])
 def test_bad_flags_exit_2_with_the_flag_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -85,3 +87,10 @@ def test_a_variant_failing_its_memory_run_is_reported_and_left_out_of_the_timing
     assert jobs[-1]["kind"] == "time" and jobs[-1]["variants"] == ["softmax"]
     assert "exited with -9" in res["skipped"]["hardkuma"] and list(res["rows"]) == ["softmax"]
     assert res["rows"]["softmax"] == {"saved": 1, "rss_peak": 2, "rss_step": 1, "train": 1.0, "eval": 1.0}
+
+
+def test_per_length_eval_mode_prints_eval_times(capsys):
+    bench.main(["--lengths", "8", "--batch", "2", "--repeats", "1", "--threads", "1", "--mode", "eval",
+                "--variants", "softmax", "hardkuma"])
+    out = capsys.readouterr().out
+    assert "eval step" in out and "eval ms" in out and "hardkuma" in out

@@ -1,5 +1,6 @@
 """The streaming (tiled) attention core against the whole-map chain-of-ops reference on the same
 counter noise; the counter noise itself; memory that does not grow with T^2."""
+import math
 import struct
 import warnings
 
@@ -11,7 +12,8 @@ from hardkuma_attention.distributions import kuma_sample_from_reflected_uniform
 from hardkuma_attention.functional import normalize_gates, scaled_dot_product_hardkuma
 from hardkuma_attention.fused import ab_from_scores
 from hardkuma_attention.streaming import (
-    DROPOUT_STREAM, TileKernels, _hash_uniform, _mix_k, counter_noise, counter_uniform, draw_seed, murmur3_row_hash,
+    DROPOUT_STREAM, TileKernels, _as_int32, _eval_gate, _eval_gate_parts, _hash_uniform, _mix_k, counter_noise, counter_uniform,
+    draw_seed, murmur3_row_hash,
 )
 
 D = torch.float64
@@ -133,8 +135,9 @@ TILES = [(None, None), (2, 3), (1, 1), (3, 7), (5, 2)]
 
 
 def run_streaming(x, m, **kw):
+    kw.setdefault("kernels", EAGER)
     out, _, st = scaled_dot_product_hardkuma(**x, scale=0.6, valid=m["valid"], bias=m["bias"],
-                                             is_causal=m["is_causal"], want_stats=True, kernels=EAGER, **kw)
+                                             is_causal=m["is_causal"], want_stats=True, **kw)
     return out, st
 
 
@@ -227,11 +230,21 @@ def test_tile_noise_is_bit_identical_to_the_whole_map():
     bh = torch.arange(6).view(2, 3, 1, 1)
     hrow = murmur3_row_hash(seed, bh, torch.arange(T).unsqueeze(-1))
     kcol = _mix_k(torch.arange(S))
-    for bq, bk in [(1, 1), (4, 3), (9, 11), (2, 5)]:
-        for t0 in range(0, T, bq):
-            for s0 in range(0, S, bk):
-                tile = _hash_uniform(hrow[..., t0:t0 + bq, :], kcol[s0:s0 + bk], torch.float32)
-                assert torch.equal(tile, whole[..., t0:t0 + bq, s0:s0 + bk])
+    for hr, kc in ((hrow, kcol), (_as_int32(hrow), _as_int32(kcol))):  # the eager kernels' int32 states too
+        for bq, bk in [(1, 1), (4, 3), (9, 11), (2, 5)]:
+            for t0 in range(0, T, bq):
+                for s0 in range(0, S, bk):
+                    tile = _hash_uniform(hr[..., t0:t0 + bq, :], kc[s0:s0 + bk], torch.float32)
+                    assert torch.equal(tile, whole[..., t0:t0 + bq, s0:s0 + bk])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_int32_hash_has_the_bits_of_the_int64_hash(dtype):
+    """Over 1M cells (every vector width and tail), int32 states give the int64 hash's noise."""
+    hrow = murmur3_row_hash(987654321987, torch.arange(8).view(8, 1, 1), torch.arange(131).unsqueeze(-1))
+    kcol = _mix_k(torch.arange(1001))
+    u = _hash_uniform(_as_int32(hrow), _as_int32(kcol), dtype)
+    assert u.dtype == dtype and torch.equal(u, _hash_uniform(hrow, kcol, dtype))
 
 
 def test_gates_identical_across_tile_sizes():
@@ -250,6 +263,42 @@ def test_gates_identical_across_tile_sizes():
     assert (z == 0).any() and (z == 1).any() and ((z > 0) & (z < 1)).any()
     other = run_streaming(x, m, training=True, generator=torch.Generator().manual_seed(8))[0]
     assert not torch.equal(other == 0, z == 0)  # another seed, other gates
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lean_eval_gate_is_bit_identical_to_the_gate_parts(dtype):
+    """The eval forward's gate (fewer passes, nothing kept) equals the backward's decomposition
+    bit for bit, saturated scores and both clamps included."""
+    g = torch.Generator().manual_seed(0)
+    sa, sb = (torch.randn(300, 400, generator=g, dtype=dtype) * 5 for _ in range(2))
+    sa[0, :6], sb[0, :6] = torch.tensor([-30.0, 30.0, 200.0, -200.0, 0.0, 8.0]), torch.tensor([30.0, -30.0, -200.0, 200.0, 0.0, -9.0])
+    consts = (SUPPORT[0], SUPPORT[1], CLAMP[0], CLAMP[1], math.log(0.1 / 1.2))
+    choice, t, *_, e0, _, _ = _eval_gate_parts(sa, sb, *consts)
+    z, e = _eval_gate(sa, sb, *consts)
+    assert torch.equal(z, torch.where(choice == 2.0, t.clamp(0.0, 1.0), choice)) and torch.equal(e, e0)
+    assert 0.1 < (z == 0).double().mean() < 0.9 and 0.1 < (z == 1).double().mean() < 0.9
+    assert ((z > 0) & (z < 1)).any()
+
+
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_chunks_match_one_pass(mask, training):
+    """Tiles that hold fewer batch elements than the call (``eager_block_cells`` forces chunks of 1
+    and of 2 of 3, a ragged last chunk) give the same output, statistics and gradients, the bias
+    gradient summed over chunks where the bias broadcasts over the batch."""
+    x, m = make_inputs(B=3, mask=mask, seed=5)
+    go = torch.randn(3, 3, 5, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    results = []
+    for cells in (1 << 20, 18, 36):  # 18 = heads x block_q x block_k: one batch element per chunk
+        kernels = TileKernels(compile=False, eager_block_cells=cells)
+        out, st = run_streaming(x, m, training=training, normalize="softmax", dropout_p=0.3 * training,
+                                block_q=2, block_k=3, generator=torch.Generator().manual_seed(2), kernels=kernels)
+        g = grads_of(out, st.l0_sum, x, m["bias"], go)
+        results.append((out, st.l0_sum, st.nonzero, st.cells) + tuple(g))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert results[0][2] > 0
 
 
 @pytest.mark.parametrize("mask,normalize", list(zip(MASKS, ["none", "sum", "softmax"] * 2)) + [("none", "softmax")])
