@@ -34,7 +34,7 @@ from .config import GateConfig
 from .functional import BACKENDS, scaled_dot_product_hardkuma
 from .masks import MASKED_SCORE, merge_masks  # MASKED_SCORE re-exported here
 
-__all__ = ["HardKumaAttention", "GateOptions", "attention_gate", "MASKED_SCORE"]
+__all__ = ["HardKumaAttention", "GateOptions", "attention_gate", "check_attention_map", "MASKED_SCORE"]
 
 PARAMETERIZATIONS = ("split", "separate")
 
@@ -69,6 +69,12 @@ def attention_gate(gate: Union[None, str, GateConfig] = None, normalize: Optiona
     (:meth:`GateConfig.resolve`), and so is the sigmoid a/b map, which the attention kernels
     (softplus and clamp) do not compute."""
     cfg = GateConfig.resolve(gate, owner=owner, normalize=normalize, support=support, ab_range=ab_clamp)
+    return check_attention_map(cfg, owner)
+
+
+def check_attention_map(cfg: GateConfig, owner: str) -> GateConfig:
+    """``cfg`` if its a/b map is the one the attention kernels compute (``"clamp"``), else a
+    ``ValueError`` naming ``owner``."""
     if cfg.ab_map != "clamp":
         raise ValueError(f"{owner}: the attention layers compute a, b = clamp(softplus(score)); "
                          f"gate.ab_map must be 'clamp', got {cfg.ab_map!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from hardkuma_attention.attention import GateOptions  # re-exported: the modules' read-only views
+from hardkuma_attention.attention import GateOptions, check_attention_map  # GateOptions re-exported
 from hardkuma_attention.config import GateConfig
 
 __all__ = ["GateOptions", "attention_gate", "core_gate_kwargs"]
@@ -30,10 +30,7 @@ def attention_gate(
     given keyword options replacing its fields (``ab_clamp`` is ``ab_range``).  Raises ValueError
     for a bad option (GateConfig's checks) or an ``ab_map`` other than ``"clamp"``."""
     base = GateConfig.preset("attention", normalize=default_normalize) if gate is None else gate
-    out = base.replace(normalize=normalize, support=support, ab_range=ab_clamp)
-    if out.ab_map != "clamp":
-        raise ValueError(f"the attention path maps scores with ab_map='clamp', got ab_map={out.ab_map!r}")
-    return out
+    return check_attention_map(base.replace(normalize=normalize, support=support, ab_range=ab_clamp), "fairseq")
 
 
 def core_gate_kwargs(gate: GateConfig) -> Dict[str, Any]:
