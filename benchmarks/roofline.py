@@ -3,6 +3,7 @@ measured vectorised exp/log throughput, against the measured kernel time.
 
     python benchmarks/roofline.py [--threads 2] [--cells 1048576] [--compile auto|on|off]
     python benchmarks/roofline.py --cold-start      # first vs second training step, fresh inductor cache
+    python benchmarks/roofline.py --profile 4096 2  # where a step's time goes (T, batch), torch.profiler
 
 Softmax attention needs one ``exp`` per cell; a HardKuma gate needs many more (counted below from
 ``hardkuma_attention/streaming.py``), so at long T the gate math, not the matmuls, sets the limit.
@@ -129,6 +130,42 @@ def cold_start() -> None:
             subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
+def profile_step(T: int, B: int, threads: int) -> None:
+    """Self CPU time of one training step (forward + backward) and one eval forward of
+    ``HardKumaAttention(512, 8)`` at (T, B), after one warm-up of each, grouped by op and sorted:
+    the compiled gate kernels appear as inductor regions, the projections and scores as
+    ``addmm`` / ``bmm`` / ``baddbmm``.  Prints each op's share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hardkuma_attention import HardKumaAttention
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(B, T, 512)
+    m = HardKumaAttention(512, 8, batch_first=True)
+
+    def train():
+        m.train()
+        m(x, x, x, need_weights=False)[0].sum().backward()
+
+    def evaluate():
+        m.eval()
+        with torch.no_grad():
+            m(x, x, x, need_weights=False)
+
+    for label, fn in (("training step", train), ("eval forward", evaluate)):
+        fn()  # warm-up (compilation, allocator)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in rows)
+        print(f"-- {label}, T={T}, B={B}, {threads} threads: {wall * 1e3:.0f} ms wall")
+        for e in rows[:12]:
+            print(f"   {e.key[:60]:60s} {e.self_cpu_time_total / 1e3:9.1f} ms {100 * e.self_cpu_time_total / total:5.1f} %")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -136,9 +173,13 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--cold-start", action="store_true")
+    p.add_argument("--profile", type=int, nargs=2, metavar=("T", "B"), help="profile one step at length T, batch B")
     a = p.parse_args(argv)
     if a.cold_start:
         cold_start()
+        return
+    if a.profile:
+        profile_step(*a.profile, a.threads)
         return
     torch.set_num_threads(a.threads)
     cost = op_costs(a.cells, a.reps)
