@@ -49,6 +49,9 @@ _HELP = {
     "warmup_gates": "HardKuma: what the classifier sees during --constraint-warmup: task (the sampled gates, "
                     "task loss only) | open (z = 1 on every token; only the selection constraint, towards the "
                     "annealed target 1, trains the selector; for slow classifiers such as --encoder cnn on whole reviews)",
+    "selector_dilation": "--encoder cnn: the selector's convolution layer l (from 0) has dilation D**l, a wider "
+                         "context at the same cost (kernel 5, 2 layers, D 4: 21 tokens instead of 9); the "
+                         "classifier's layers are not dilated",
     "score_penalty": "HardKuma: weight of the mean squared selector score (keeps the sigmoid a/b map out of saturation)",
     "sparsity_weight": "Bernoulli: weight of |rate - sparsity_target| in the REINFORCE cost",
     "sparsity_target": "Bernoulli: selection rate the sparsity term aims at (0 = Lei et al.'s plain L1)",
@@ -69,15 +72,12 @@ _RANGES = {
     "dropout": (0, 1, False, True), "selection": (0, 1, False, False), "lasso": (0, 1, False, False),
     "sparsity_weight": (0, None, False, False), "sparsity_target": (0, 1, False, False),
     "coherence_weight": (0, None, False, False), "selection_anneal": (0, None, False, False),
-    "score_penalty": (0, None, False, False),
+    "score_penalty": (0, None, False, False), "selector_dilation": (1, None, False, False),
     "epochs": (1, None, False, False), "batch_size": (1, None, False, False),
     "lr": (0, None, True, False), "selector_lr": (0, None, True, False), "weight_decay": (0, None, False, False),
     "eval_every": (0, None, False, False), "max_minutes": (0, None, False, False),
     "bernoulli_decode_rate": (0, 1, True, False),
 }
-_CHOICES = {"gate": ("hardkuma", "bernoulli", "none"), "selector": ("independent", "dependent"),
-            "pooling": ("final", "max"), "selection_gradient": ("l0", "open", "log_open"),
-            "warmup_gates": ("task", "open")}
 # --flag -> ControllerConfig field; each flag's default None keeps the --controller preset's value.
 _CONTROLLER_FLAGS = {"lagrange_lr": "lr", "lagrange_alpha": "alpha", "lambda_init": "lambda_init",
                      "lambda_max": "lambda_max", "equality": "equality", "lagrange_damping": "damping",
@@ -154,11 +154,22 @@ def _add_config_args(t: argparse.ArgumentParser) -> None:
     from ..rationale.objectives import ObjectiveConfig
     from ..rationale.train import TrainConfig
 
-    model = add_dataclass_args(t, ModelConfig, "model", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    choices = _choices()
+    model = add_dataclass_args(t, ModelConfig, "model", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=choices)
     _add_gate_args(model)
-    add_dataclass_args(t, ObjectiveConfig, "objective", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    add_dataclass_args(t, ObjectiveConfig, "objective", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=choices)
     _add_controller_args(t)
-    add_dataclass_args(t, TrainConfig, "training", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=_CHOICES)
+    add_dataclass_args(t, TrainConfig, "training", skip=_DERIVED, helps=_HELP, ranges=_RANGES, choices=choices)
+
+
+def _choices():
+    """Allowed values of the generated string flags: the constants the configs validate against
+    (one list each, so a new value needs no edit here)."""
+    from ..rationale.models import ENCODERS, GATES, POOLINGS, SELECTORS
+    from ..rationale.objectives import LASSO_MEASURES, SELECTION_GRADIENTS, WARMUP_GATES
+
+    return {"gate": GATES, "selector": SELECTORS, "pooling": POOLINGS, "encoder": ENCODERS,
+            "selection_gradient": SELECTION_GRADIENTS, "lasso_measure": LASSO_MEASURES, "warmup_gates": WARMUP_GATES}
 
 
 def controller_from_args(args):
@@ -183,11 +194,14 @@ def configs_from_args(args, **derived):
     from ..rationale.train import TrainConfig
 
     try:
-        mcfg = dataclass_from_args(ModelConfig, args, gate_config=gate_from_args(args), **derived)
-        ocfg = dataclass_from_args(ObjectiveConfig, args, controller=controller_from_args(args))
+        gate, controller = gate_from_args(args), controller_from_args(args)
     except ValueError as err:
-        text = str(err)
-        raise UsageError(text if text.startswith("--") else f"--controller/--gate-preset: {text}") from None
+        raise UsageError(f"--controller/--gate-preset: {err}") from None
+    try:  # the configs' own messages name the field and its flag
+        mcfg = dataclass_from_args(ModelConfig, args, gate_config=gate, **derived)
+        ocfg = dataclass_from_args(ObjectiveConfig, args, controller=controller)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return mcfg, ocfg, dataclass_from_args(TrainConfig, args, progress=args.progress)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "CNNEncoder",
     "make_encoder",
     "ENCODERS",
+    "POOLINGS",
     "compact_selected",
     "nest_old_fields",
     "Classifier",
@@ -63,6 +64,7 @@ __all__ = [
 GATES = ("hardkuma", "bernoulli", "none")
 SELECTORS = ("independent", "dependent")
 ENCODERS = ("lstm", "cnn")
+POOLINGS = ("final", "max")
 
 
 def _rationale_gate() -> GateConfig:
@@ -100,18 +102,23 @@ class ModelConfig:
     encoder: str = "lstm"  # selector and classifier encoder: "lstm" (bi-LSTM) | "cnn" (faster on long documents)
     cnn_kernel: int = 5  # encoder="cnn": width of each convolution (odd)
     cnn_layers: int = 2  # encoder="cnn": number of convolution layers
+    selector_dilation: int = 1  # encoder="cnn": the selector's layer l (from 0) has dilation d**l (classifier: 1)
 
     def __post_init__(self):
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {SELECTORS}, got {self.selector!r}")
-        if self.pooling not in ("final", "max"):
-            raise ValueError(f"pooling must be 'final' or 'max', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.cnn_kernel < 1 or self.cnn_kernel % 2 == 0 or self.cnn_layers < 1:
-            raise ValueError(f"cnn_kernel must be odd and >= 1 and cnn_layers >= 1, got {self.cnn_kernel}, {self.cnn_layers}")
+            raise ValueError(f"cnn_kernel (--cnn-kernel) must be odd and >= 1 and cnn_layers (--cnn-layers) >= 1, "
+                             f"got {self.cnn_kernel}, {self.cnn_layers}")
+        if self.selector_dilation < 1 or (self.selector_dilation != 1 and self.encoder != "cnn"):
+            raise ValueError(f"--selector-dilation (selector_dilation) must be >= 1, and 1 unless --encoder cnn, "
+                             f"got {self.selector_dilation} with --encoder {self.encoder}")
         if self.task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if isinstance(self.gate_config, dict):
@@ -182,17 +189,22 @@ class LSTMEncoder(nn.Module):
 class CNNEncoder(nn.Module):
     r"""Stacked 1-D convolutions, a drop-in for :class:`LSTMEncoder` on long documents.
 
-    ``h^0 = x``, ``h^l = relu(conv_l(h^{l-1}) + b_l) * m`` (width ``kernel``, "same" padding, ``m`` the
-    valid-position mask, so padding never leaks into a valid position); outputs ``h^L`` ``(B, T, 2H)``
-    and final states ``max_t h^L_t`` over the valid positions ``(B, 2H)`` (zeros for an empty row).
-    Receptive field ``L (kernel - 1) + 1`` tokens; cost linear in ``T`` and parallel over time.
+    ``h^0 = x``, ``h^l_t = relu(sum_{j=-k..k} W_{l,j} h^{l-1}_{t + j d^{l-1}} + b_l) * m_t`` for
+    ``l = 1..L`` (width ``kernel = 2k + 1``, dilation ``d^{l-1}`` with ``d = dilation``, "same" zero
+    padding, ``m`` the valid-position mask, so padding never leaks into a valid position); outputs
+    ``h^L`` ``(B, T, 2H)`` and final states ``max_t h^L_t`` over the valid positions ``(B, 2H)``
+    (zeros for an empty row).  Receptive field ``1 + (kernel - 1) (1 + d + ... + d^{L-1})`` tokens
+    (``L (kernel - 1) + 1`` undilated; kernel 5, 2 layers, ``d = 4``: 21), without gaps while
+    ``d <= kernel``; cost linear in ``T`` and parallel over time, the same for every ``d``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, kernel: int = 5, layers: int = 2):
+    def __init__(self, input_size: int, hidden_size: int, kernel: int = 5, layers: int = 2, dilation: int = 1):
         super().__init__()
         self.output_size = 2 * hidden_size
         sizes = [input_size] + [self.output_size] * layers
-        self.convs = nn.ModuleList(nn.Conv1d(i, o, kernel, padding=kernel // 2) for i, o in zip(sizes, sizes[1:]))
+        dilations = [dilation ** n for n in range(layers)]
+        self.convs = nn.ModuleList(nn.Conv1d(i, o, kernel, padding=(kernel // 2) * d, dilation=d)
+                                   for i, o, d in zip(sizes, sizes[1:], dilations))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         valid = torch.arange(x.size(1), device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
@@ -205,10 +217,11 @@ class CNNEncoder(nn.Module):
         return out, torch.where(valid.any(1, keepdim=True), final, torch.zeros_like(final))
 
 
-def make_encoder(kind: str, input_size: int, hidden_size: int, kernel: int = 5, layers: int = 2) -> nn.Module:
+def make_encoder(kind: str, input_size: int, hidden_size: int, kernel: int = 5, layers: int = 2,
+                 dilation: int = 1) -> nn.Module:
     """``"lstm"``: :class:`LSTMEncoder`; ``"cnn"``: :class:`CNNEncoder` (same interface)."""
     if kind == "cnn":
-        return CNNEncoder(input_size, hidden_size, kernel, layers)
+        return CNNEncoder(input_size, hidden_size, kernel, layers, dilation)
     return LSTMEncoder(input_size, hidden_size)
 
 
@@ -343,17 +356,19 @@ class RationaleModel(nn.Module):
             self.embed.weight.data.copy_(embeddings)
         self.embed.weight.requires_grad_(not c.freeze_embeddings)
 
-        def enc():
-            return make_encoder(c.encoder, c.embed_dim, c.hidden_size, c.cnn_kernel, c.cnn_layers)
+        def enc(dilation=1):
+            return make_encoder(c.encoder, c.embed_dim, c.hidden_size, c.cnn_kernel, c.cnn_layers, dilation)
+
+        sd = c.selector_dilation  # the selector's encoder only
 
         if c.gate == "hardkuma":
             if c.selector == "dependent":
                 self.selector = DependentSelector(c.embed_dim, c.hidden_size, DEPENDENT_HIDDEN, c.dropout,
-                                                  c.gate_config, encoder=enc())
+                                                  c.gate_config, encoder=enc(sd))
             else:
-                self.selector = IndependentSelector(c.embed_dim, c.hidden_size, c.dropout, encoder=enc())
+                self.selector = IndependentSelector(c.embed_dim, c.hidden_size, c.dropout, encoder=enc(sd))
         elif c.gate == "bernoulli":
-            self.selector = BernoulliSelector(c.embed_dim, c.hidden_size, c.dropout, encoder=enc())
+            self.selector = BernoulliSelector(c.embed_dim, c.hidden_size, c.dropout, encoder=enc(sd))
         else:
             self.selector = None
         self.classifier = Classifier(c.embed_dim, c.hidden_size, c.num_outputs, c.dropout, c.skip_zeros, c.pooling,

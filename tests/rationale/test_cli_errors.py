@@ -1,6 +1,7 @@
 """Issue #12, validation before work: every bad flag, data file, embeddings file or model file
 gives one line ``hardkuma-rationale <cmd>: error: <file:line | --flag>: message``, exit code 2,
 no traceback, nothing trained or written (``--debug`` shows the traceback)."""
+import argparse
 import gzip
 import json
 
@@ -48,6 +49,10 @@ def _one_line(capsys, prefix):
     ("--dropout", "1", "argument --dropout: must be < 1, got 1"),
     ("--lr", "0", "argument --lr: must be > 0, got 0"),
     ("--gate", "hardkum", "argument --gate: invalid choice: 'hardkum'"),
+    ("--encoder", "gru", "argument --encoder: invalid choice: 'gru'"),
+    ("--lasso-measure", "tokens", "argument --lasso-measure: invalid choice: 'tokens'"),
+    ("--warmup-gates", "closed", "argument --warmup-gates: invalid choice: 'closed'"),
+    ("--selector-dilation", "0", "argument --selector-dilation: must be >= 1, got 0"),
     ("--epochs", "two", "argument --epochs: expected an integer, got 'two'"),
 ])
 def test_numeric_and_choice_flags_are_checked_by_the_parser(tmp_path, data, capsys, flag, value, message):
@@ -214,3 +219,28 @@ def test_inconsistent_controller_or_gate_settings_fail_before_any_work(tmp_path,
     assert _train(tmp_path, *data, "--overwrite", *extra) == 2
     assert message in _one_line(capsys, "hardkuma-rationale train: error: --")
     assert (out / "results.json").read_text() == "{}"
+
+
+def test_choice_flags_take_their_values_from_the_config_constants():
+    """One list of allowed values per setting: the parser's choices are the tuples the configs check."""
+    from hardkuma_attention.cli import build_parser
+    from hardkuma_attention.rationale import models, objectives
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {opt: a for a in sub.choices["train"]._actions for opt in a.option_strings}
+    expected = {"--gate": models.GATES, "--selector": models.SELECTORS, "--pooling": models.POOLINGS,
+                "--encoder": models.ENCODERS, "--selection-gradient": objectives.SELECTION_GRADIENTS,
+                "--lasso-measure": objectives.LASSO_MEASURES, "--warmup-gates": objectives.WARMUP_GATES}
+    for flag, values in expected.items():
+        assert tuple(flags[flag].choices) == values, flag
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--selector-dilation", "2"], "--selector-dilation (selector_dilation) must be >= 1, and 1 unless --encoder cnn"),
+    (["--encoder", "cnn", "--cnn-kernel", "4"], "cnn_kernel (--cnn-kernel) must be odd"),
+])
+def test_inconsistent_model_settings_name_the_setting_before_any_work(tmp_path, data, capsys, extra, message):
+    assert _train(tmp_path, *data, *extra) == 2
+    line = _one_line(capsys, "hardkuma-rationale train: error: ")
+    assert message in line and "--controller/--gate-preset" not in line
+    assert not (tmp_path / "out").exists()

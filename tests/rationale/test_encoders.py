@@ -1,4 +1,8 @@
-"""The CNN encoder option (``ModelConfig.encoder="cnn"``): masking, shapes, training, save/load."""
+"""The CNN encoder option (``ModelConfig.encoder="cnn"``): masking, shapes, receptive field (dilated
+selector), training, save/load."""
+import dataclasses
+import itertools
+
 import pytest
 import torch
 
@@ -10,9 +14,10 @@ from hardkuma_attention.rationale.models import CNNEncoder
 from synthetic import marker_examples
 
 
-def test_cnn_encoder_ignores_padding_and_handles_empty_rows():
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_cnn_encoder_ignores_padding_and_handles_empty_rows(dilation):
     torch.manual_seed(0)
-    enc = CNNEncoder(6, 4, kernel=3, layers=2)
+    enc = CNNEncoder(6, 4, kernel=3, layers=2, dilation=dilation)
     x = torch.randn(3, 7, 6)
     lengths = torch.tensor([7, 4, 0])
     out, final = enc(x, lengths)
@@ -31,9 +36,30 @@ def test_cnn_encoder_ignores_padding_and_handles_empty_rows():
     assert torch.allclose(f1, o1[:, 0])
 
 
+@pytest.mark.parametrize("kernel, layers, dilation", [(5, 2, 1), (5, 2, 4), (3, 3, 2), (3, 2, 5)])
+def test_cnn_encoder_receptive_field_is_the_dilated_taps(kernel, layers, dilation):
+    """Output t depends on exactly the inputs t + sum_l j_l d^l, |j_l| <= kernel // 2 (positive weights,
+    biases and inputs keep every relu open, so each tap shows up in the gradient)."""
+    torch.manual_seed(0)
+    enc = CNNEncoder(3, 2, kernel=kernel, layers=layers, dilation=dilation).double()
+    with torch.no_grad():
+        for conv in enc.convs:
+            conv.weight.abs_().add_(0.1), conv.bias.abs_().add_(0.1)
+    length, t = 81, 40
+    x = (torch.rand(1, length, 3, dtype=torch.float64) + 0.1).requires_grad_()
+    enc(x, torch.tensor([length]))[0][0, t].sum().backward()
+    seen = set((x.grad[0].abs().sum(-1) > 0).nonzero().flatten().tolist())
+    k = kernel // 2
+    taps = {t + sum(j * dilation ** l for l, j in enumerate(js))
+            for js in itertools.product(range(-k, k + 1), repeat=layers)}
+    assert seen == taps
+    if dilation <= kernel:  # contiguous: 1 + (kernel - 1)(1 + d + ... + d^(L-1)) tokens
+        assert len(seen) == 1 + (kernel - 1) * sum(dilation ** l for l in range(layers))
+
+
 def test_cnn_encoder_gradcheck():
     torch.manual_seed(0)
-    enc = CNNEncoder(3, 2, kernel=3, layers=2).double()
+    enc = CNNEncoder(3, 2, kernel=3, layers=2, dilation=2).double()
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([5, 3])
     assert torch.autograd.gradcheck(lambda t: enc(t, lengths)[0], (x,))
@@ -44,6 +70,23 @@ def test_encoder_config_is_validated():
         ModelConfig(vocab_size=5, encoder="gru")
     with pytest.raises(ValueError, match="cnn_kernel"):
         ModelConfig(vocab_size=5, encoder="cnn", cnn_kernel=4)
+    with pytest.raises(ValueError, match="selector_dilation"):
+        ModelConfig(vocab_size=5, encoder="cnn", selector_dilation=0)
+    with pytest.raises(ValueError, match="selector_dilation"):
+        ModelConfig(vocab_size=5, encoder="lstm", selector_dilation=2)
+
+
+@pytest.mark.parametrize("gate", ["hardkuma", "bernoulli"])
+def test_selector_dilation_widens_the_selector_only(tmp_path, gate):
+    cfg = ModelConfig(vocab_size=7, embed_dim=4, hidden_size=3, num_outputs=2, gate=gate, encoder="cnn",
+                      cnn_kernel=5, cnn_layers=2, selector_dilation=4)
+    model = RationaleModel(cfg)
+    assert [c.dilation for c in model.selector.encoder.convs] == [(1,), (4,)]
+    assert [c.padding for c in model.selector.encoder.convs] == [(2,), (8,)]
+    assert [c.dilation for c in model.classifier.encoder.convs] == [(1,), (1,)]
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "selector_dilation"}
+    assert ModelConfig.from_dict(old).selector_dilation == 1  # configs saved before the field
+    assert ModelConfig.from_dict(dataclasses.asdict(cfg)) == cfg
 
 
 @pytest.mark.parametrize("gate", ["hardkuma", "bernoulli", "none"])

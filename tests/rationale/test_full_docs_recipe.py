@@ -54,6 +54,7 @@ def test_every_method_and_seed_trains_on_whole_reviews_then_one_table(tmp_path):
         assert "--max-length" not in args and "--encoder cnn" in args and f"--seed {name[-1]}" in args
         assert ("--warmup-gates open" in args) == ("hardkuma" in name)
         assert ("--lasso 0.25" in args) == ("lasso" in name)
+        assert "--epochs 20 " in args and "--selector-dilation 1 " in args and "--max-minutes 14 " in args
     table = [line for line in proc.stdout.splitlines() if line.startswith("TABLE")]
     assert len(table) == 1 and table[0].count("results.json") == 9
 
@@ -64,3 +65,12 @@ def test_a_failed_run_fails_the_recipe_loudly_and_prints_no_table(tmp_path):
     assert "error: run hardkuma_s2 failed" in proc.stderr and "TABLE" not in proc.stdout
     proc, _ = _run(tmp_path, "nonsense")
     assert proc.returncode == 2 and "unknown method nonsense" in proc.stderr
+
+
+def test_epochs_lasso_and_selector_dilation_come_from_the_environment(tmp_path):
+    proc, calls = _run(tmp_path, SEEDS="2", EPOCHS="3", LASSO="0.35", SELECTOR_DILATION="4")
+    assert proc.returncode == 0, proc.stderr
+    assert len(calls) == 3
+    for name, args in calls:
+        assert "--epochs 3 " in args and "--selector-dilation 4 " in args and "--seed 2" in args
+        assert ("--lasso 0.35" in args) == ("lasso" in name)
