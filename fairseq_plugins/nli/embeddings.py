@@ -6,7 +6,6 @@ from typing import Dict, Iterable
 
 import torch
 
-from hardkuma_attention.rationale.data import text_lines
 from hardkuma_attention.rationale.embeddings import read_glove as _read_glove_rows
 
 logger = logging.getLogger(__name__)
@@ -19,24 +18,14 @@ def read_glove(path: str, words: Iterable[str], dim: int) -> Dict[str, torch.Ten
 
     The file is read and checked by the rationale library's reader
     (:func:`hardkuma_attention.rationale.embeddings.read_glove`: one ``path:line`` error for a row
-    of another dimension, a non-numeric entry, a word2vec header, bad UTF-8 or gzip); a dimension
-    other than ``dim`` is a ValueError naming ``path:line`` (the first row) and ``--embed-dim``.
+    of another dimension, a non-numeric entry, a word2vec header, bad UTF-8 or gzip); a first row
+    of other than ``dim`` values is a ValueError naming ``path:line`` and ``--embed-dim``.
     """
-    found_words, vectors = _read_glove_rows(path, words=set(words))
-    if vectors.size(1) != dim:
-        raise ValueError(f"{path}:{_first_row(path)}: vectors have {vectors.size(1)} values, --embed-dim is {dim}")
+    found_words, vectors = _read_glove_rows(path, words=set(words), dim=dim, dim_flag="--embed-dim")
     found: Dict[str, torch.Tensor] = {}
     for word, vector in zip(found_words, vectors):
         found.setdefault(word, vector)
     return found
-
-
-def _first_row(path: str) -> int:
-    """Line number of the first vector row (the one that sets the file's dimension)."""
-    for lineno, line in text_lines(path, "embeddings file"):
-        if len(line.rstrip().split(" ")) >= 2:
-            return lineno
-    return 1
 
 
 def pretrained_embedding_matrix(path: str, symbols, padding_idx: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -51,25 +51,31 @@ class Vocab:
         return cls(state["itos"], state["lowercase"])
 
 
-def read_glove(path, words: Optional[set] = None) -> Tuple[List[str], torch.Tensor]:
+def read_glove(path, words: Optional[set] = None, dim: Optional[int] = None,
+               dim_flag: str = "dim") -> Tuple[List[str], torch.Tensor]:
     """Read a GloVe text file; keep only ``words`` when given.  Returns ``(words, (n, d) tensor)``.
 
     Raises :class:`~.data.DataFormatError` naming ``path:line`` for a row whose dimension differs
-    from the first, a non-numeric entry, a word2vec header line (``<count> <dim>``), bytes that are
-    not UTF-8 or a broken gzip stream; ``path:`` when the file holds no vector.
+    from the first, a first row of other than ``dim`` values when ``dim`` is given (the message
+    names ``dim_flag``, e.g. ``--embed-dim``), a non-numeric entry, a word2vec header line
+    (``<count> <dim>``), bytes that are not UTF-8 or a broken gzip stream; ``path:`` when the file
+    holds no vector.
     """
-    out_words, rows, dim = [], [], None
+    out_words, rows, first_dim = [], [], None
     for lineno, line in text_lines(path, "embeddings file"):
         parts = line.rstrip().split(" ")
         if len(parts) < 2:
             continue
-        if dim is None:
+        if first_dim is None:
             if len(parts) == 2 and all(p.isdigit() for p in parts):
                 raise DataFormatError(path, lineno, f"a word2vec header ({line.strip()!r}), not a GloVe row: "
                                                     "remove the first line (GloVe files have no header)")
-            dim = len(parts) - 1
-        elif len(parts) - 1 != dim:
-            raise DataFormatError(path, lineno, f"expected {dim} values (the first row's dimension), got {len(parts) - 1}")
+            first_dim = len(parts) - 1
+            if dim is not None and first_dim != dim:
+                raise DataFormatError(path, lineno, f"vectors have {first_dim} values, {dim_flag} is {dim}")
+        elif len(parts) - 1 != first_dim:
+            raise DataFormatError(path, lineno,
+                                  f"expected {first_dim} values (the first row's dimension), got {len(parts) - 1}")
         word = parts[0]
         if words is not None and word not in words:
             continue
@@ -78,9 +84,9 @@ def read_glove(path, words: Optional[set] = None) -> Tuple[List[str], torch.Tens
         except ValueError:
             raise DataFormatError(path, lineno, "non-numeric vector entry") from None
         out_words.append(word)
-    if dim is None:
+    if first_dim is None:
         raise DataFormatError(path, None, "no vectors found (expected 'word v_1 ... v_d' rows)")
-    return out_words, torch.tensor(rows, dtype=torch.float32).reshape(len(rows), dim)
+    return out_words, torch.tensor(rows, dtype=torch.float32).reshape(len(rows), first_dim)
 
 
 def build_vocab(

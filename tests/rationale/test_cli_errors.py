@@ -136,6 +136,18 @@ def test_glove_problems_name_the_file(tmp_path, data, capsys, content, message):
     _one_line(capsys, f"hardkuma-rationale train: error: {glove}{message}")
 
 
+def test_glove_expected_dimension_fails_at_the_first_row_naming_the_flag(tmp_path):
+    """``read_glove(dim=...)`` (the fairseq NLI loader's --embed-dim) stops at the first vector row."""
+    from hardkuma_attention.rationale.embeddings import read_glove
+
+    glove = tmp_path / "glove.txt"
+    glove.write_text("\ngood 1 0 0\nbad 0 1 x\n", encoding="utf-8")  # row 3 would fail later
+    with pytest.raises(DataFormatError, match=r"glove\.txt:2: vectors have 3 values, --embed-dim is 4$"):
+        read_glove(glove, dim=4, dim_flag="--embed-dim")
+    words, vectors = read_glove(glove, words={"good"}, dim=3)
+    assert words == ["good"] and vectors.tolist() == [[1.0, 0.0, 0.0]]
+
+
 @pytest.mark.parametrize("kind", ["empty", "truncated", "foreign-pickle", "foreign-dict", "missing"])
 def test_corrupt_or_foreign_model_is_one_line_naming_it(tmp_path, capsys, kind):
     model = tmp_path / "model.pt"
