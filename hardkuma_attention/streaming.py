@@ -607,6 +607,7 @@ def _make_plan(qa, ka, v, bias, valid, cfg: StreamConfig) -> _Plan:
     bq, bk, nb = _tile_sizes(lead, T, S, cfg.block_q, cfg.block_k, cfg.kernels.block_cells(compiled))
     chunks = [None] if nb >= (lead[0] if lead else 1) else [(b0, min(lead[0], b0 + nb)) for b0 in range(0, lead[0], nb)]
     off = (S - T) if cfg.is_causal else None
+    dtype = _compute_dtype(qa, ka, v, bias)
     tiles = []
     for t0 in range(0, T, bq):
         t1 = min(T, t0 + bq)
@@ -621,9 +622,9 @@ def _make_plan(qa, ka, v, bias, valid, cfg: StreamConfig) -> _Plan:
         if cfg.dropout_p > 0:
             hdrop = murmur3_row_hash(cfg.seed | (DROPOUT_STREAM << 32), bh, i)
         kcol = _mix_k(torch.arange(S, device=dev))
-        if not compiled and _mantissa(_compute_dtype(qa, ka, v, bias)) < 32:  # eager: int32 is faster, same bits
+        if not compiled and _mantissa(dtype) < 32:  # eager: int32 is faster, same bits
             hrow, hdrop, kcol = _as_int32(hrow), _as_int32(hdrop), _as_int32(kcol)
-    return _Plan(lead, T, S, _compute_dtype(qa, ka, v, bias), compiled, tiles, off, hrow, hdrop, kcol, chunks)
+    return _Plan(lead, T, S, dtype, compiled, tiles, off, hrow, hdrop, kcol, chunks)
 
 
 def _tile_sizes(lead, T: int, S: int, block_q: Optional[int], block_k: Optional[int], cells: int):
