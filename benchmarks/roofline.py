@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from hardkuma_attention.cli.common import ranged
+
 # Transcendental calls per cell, read off the kernels in hardkuma_attention/streaming.py
 # (softplus = exp + log1p; log(1 - e^x) = log(-expm1(x))).
 OPS = {
@@ -168,12 +170,12 @@ def profile_step(T: int, B: int, threads: int) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cells", type=int, default=1 << 20, help="cells per tile")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=ranged(int, 1), default=2)
+    p.add_argument("--cells", type=ranged(int, 1), default=1 << 20, help="cells per tile")
+    p.add_argument("--reps", type=ranged(int, 1), default=5)
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--cold-start", action="store_true")
-    p.add_argument("--profile", type=int, nargs=2, metavar=("T", "B"), help="profile one step at length T, batch B")
+    p.add_argument("--profile", type=ranged(int, 1), nargs=2, metavar=("T", "B"), help="profile one step at length T, batch B")
     a = p.parse_args(argv)
     if a.cold_start:
         cold_start()
